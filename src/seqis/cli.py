@@ -1,0 +1,299 @@
+"""The ``seqis`` command line: train, data, diagnose, compare.
+
+torch is imported only after the thread policy is set: OpenMP reads
+``OMP_WAIT_POLICY`` once, at start-up. Its default (spin-waiting) collapses throughput
+on a shared machine when another process holds a core; PASSIVE threads sleep instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, no usage dump
+        self.exit(2, f"seqis: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="stdlib", help="data spec (see 'seqis data --list')")
+    p.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=100,
+        help="window length for character LMs, maximum length for line/word LMs",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=_positive_int,
+        default=2_000_000,
+        help="character budget of text corpora",
+    )
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="undecodable bytes: fail (strict) or replace them",
+    )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=["lstm", "gru", "rnn"], default="lstm")
+    p.add_argument("--hidden", type=_positive_int, default=256)
+    p.add_argument("--layers", type=_positive_int, default=2)
+    p.add_argument("--embed", type=_positive_int, default=64)
+    p.add_argument("--dropout", type=_fraction, default=0.0)
+
+
+def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None:
+    _add_data_args(p)
+    _add_model_args(p)
+    if single_run:
+        p.add_argument(
+            "--sampler", default="uniform", choices=["uniform", "fim", "gradnorm", "loss", "exact"]
+        )
+        p.add_argument("--steps", type=_positive_int)
+        p.add_argument("--target-loss", type=_positive_float)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run in --out from its newest good checkpoint",
+        )
+        p.add_argument(
+            "--skip-nonfinite",
+            action="store_true",
+            help="skip steps with a NaN/inf loss instead of stopping",
+        )
+    p.add_argument("--time-budget", type=_positive_float, help="seconds of training per run")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_positive_float, default=2e-3)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--clip", type=_positive_float, default=1.0)
+    p.add_argument("--eval-every", type=_positive_int, default=50)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    p.add_argument(
+        "--smoothing",
+        type=_fraction,
+        default=0.2,
+        help="alpha: mix of uniform in p; weights stay <= 1/alpha",
+    )
+    p.add_argument(
+        "--refresh-fraction",
+        type=float,
+        default=0.1,
+        help="sequences re-scored per trained sequence while IS is on",
+    )
+    p.add_argument(
+        "--min-gain",
+        type=_positive_float,
+        default=1.2,
+        help="switch IS on when the estimated variance gain reaches this",
+    )
+    p.add_argument("--always-on", action="store_true", help="never fall back to uniform")
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores, max 4)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seqis", description="Importance-sampled training for RNNs.")
+    parser.add_argument("--version", action="version", version="seqis 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model")
+    _add_train_args(p)
+
+    p = sub.add_parser("data", help="print statistics of a dataset")
+    _add_data_args(p)
+    p.add_argument("--list", action="store_true", help="list the data specs")
+
+    p = sub.add_parser("diagnose", help="tell whether importance sampling can pay on this data")
+    _add_train_args(p)
+
+    p = sub.add_parser("compare", help="race samplers on the same data, seeds and budget")
+    _add_train_args(p, single_run=False)
+    p.add_argument("--samplers", default="uniform,fim")
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--targets", default="auto", help="'auto' or comma-separated losses")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch  # after the thread policy is set
+
+    from seqis.errors import SeqisError
+
+    threads = getattr(args, "threads", None) or min(4, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    try:
+        return _COMMANDS[args.command](args)
+    except SeqisError as e:
+        print(f"seqis: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqis: interrupted", file=sys.stderr)
+        return 130
+
+
+def _data_options(args):
+    from seqis.data.registry import DataOptions
+
+    return DataOptions(
+        seq_len=args.seq_len, max_chars=args.max_chars, encoding_errors=args.encoding_errors
+    )
+
+
+def train_config(args, **overrides):
+    """A :class:`TrainConfig` from parsed CLI arguments."""
+    from seqis.importance.mining import MiningConfig
+    from seqis.models.rnn import ModelConfig
+    from seqis.training.trainer import TrainConfig
+
+    values = dict(
+        data=args.data,
+        data_options=_data_options(args),
+        model=ModelConfig(
+            cell=args.model,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            dropout=args.dropout,
+            embed_size=args.embed,
+        ),
+        sampler=getattr(args, "sampler", "uniform"),
+        mining=MiningConfig(
+            smoothing=args.smoothing,
+            refresh_fraction=args.refresh_fraction,
+            min_gain=args.min_gain,
+            always_on=args.always_on,
+        ),
+        steps=args.steps,
+        time_budget=args.time_budget,
+        target_loss=getattr(args, "target_loss", None),
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        clip=args.clip,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=getattr(args, "seed", 0),
+        device=args.device,
+        out=args.out,
+        skip_nonfinite=getattr(args, "skip_nonfinite", False),
+        progress=not args.no_progress,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _cmd_train(args) -> int:
+    from seqis.experiments.plots import plot_run
+    from seqis.training.trainer import train
+
+    summary = train(train_config(args), resume=args.resume)
+    out = Path(args.out)
+    plot_run(out / "metrics.csv", out / "loss.png", title=f"{args.sampler} on {args.data}")
+    ttt = summary["time_to_target_s"]
+    print(
+        f"{summary['steps']} steps in {summary['wall_time_s']:.1f}s, "
+        f"final val loss {summary['final_val_loss']:.4f}"
+        + (f", target reached at {ttt:.1f}s" if ttt is not None else "")
+        + f", IS active {summary['is_active_share']:.0%} of steps, "
+        f"mining {summary['mining_share']:.1%} of time"
+    )
+    print(f"outputs in {out}: summary.json, metrics.csv, loss.png, checkpoints/")
+    if summary["stopped_by"] == "signal":
+        print(
+            f"stopped by signal; checkpoint saved to {summary['checkpoint']}; "
+            f"continue with --resume --out {out}",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from seqis.data.registry import SPECS, load_data
+
+    if args.list:
+        for spec, text in SPECS.items():
+            print(f"{spec:14s} {text}")
+        return 0
+    print(json.dumps(load_data(args.data, _data_options(args)).stats(), indent=2))
+    return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from seqis.experiments.diagnose import diagnose
+
+    sampler = args.sampler if args.sampler != "uniform" else "fim"
+    report = diagnose(train_config(args, sampler=sampler), args.steps)
+    print(report["verdict"])
+    print(f"details: {Path(args.out) / 'diagnosis.json'}, histogram: {report['histogram']}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from seqis.experiments.compare import compare
+
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    result = compare(
+        train_config(args),
+        samplers,
+        args.seeds,
+        args.targets,
+        command=" ".join(["seqis"] + sys.argv[1:]),
+    )
+    print(result["table"])
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "data": _cmd_data,
+    "diagnose": _cmd_diagnose,
+    "compare": _cmd_compare,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Side-by-side comparisons, diagnosis and the results reports."""

@@ -1,0 +1,109 @@
+"""PNG plots: a run's loss curve, a race's curves and speedups, a factor histogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from seqis.training.metrics import read_metrics  # noqa: E402
+
+
+def plot_run(metrics_csv: Path, png: Path, title: str = "") -> Path:
+    rows = [r for r in read_metrics(metrics_csv) if r["val_loss"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["wall_time_s"] for r in rows], [r["val_loss"] for r in rows], marker=".")
+    ax.set(xlabel="training wall-clock (s)", ylabel="validation loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_race(
+    curves: dict[str, list[list[dict]]],
+    x_key: str,
+    png: Path,
+    title: str,
+    targets: list[float] | None = None,
+) -> Path:
+    """Median validation loss per sampler against ``x_key``, with a min-max band over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sampler, runs in curves.items():
+        grid_max = min(max(r[x_key] for r in rows) for rows in runs)
+        grid = np.linspace(0, grid_max, 100)
+        ys = np.array(
+            [
+                _step_interp(grid, [r[x_key] for r in rows], [r["val_loss"] for r in rows])
+                for rows in runs
+            ]
+        )
+        (line,) = ax.plot(grid, np.nanmedian(ys, 0), label=sampler)
+        ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.2)
+    for t in targets or []:
+        ax.axhline(t, color="grey", lw=0.7, ls="--")
+    ax.set(
+        xlabel="training wall-clock (s)" if x_key == "wall_time_s" else "steps",
+        ylabel="validation loss",
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _step_interp(grid: np.ndarray, xs: list[float], ys: list[float]) -> np.ndarray:
+    """The last measured loss at or before each grid point (NaN before the first)."""
+    idx = np.searchsorted(np.asarray(xs), grid, side="right") - 1
+    out = np.asarray(ys, dtype=float)[np.clip(idx, 0, None)]
+    out[idx < 0] = np.nan
+    return out
+
+
+def plot_speedups(speedup: dict[str, dict[str, dict]], png: Path, title: str) -> Path:
+    """Bars of median speedup per sampler and target, whiskers at min and max over seeds."""
+    samplers = list(speedup)
+    targets = list(next(iter(speedup.values()), {}))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(samplers))
+    for i, sampler in enumerate(samplers):
+        med = [speedup[sampler][t]["median"] for t in targets]
+        lo = [speedup[sampler][t]["min"] for t in targets]
+        hi = [speedup[sampler][t]["max"] for t in targets]
+        x = np.arange(len(targets)) + i * width
+        ax.bar(
+            x,
+            med,
+            width,
+            label=sampler,
+            yerr=[np.subtract(med, lo), np.subtract(hi, med)],
+            capsize=3,
+        )
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(targets)) + width * (len(samplers) - 1) / 2, targets)
+    ax.set(xlabel="target validation loss", ylabel="speedup vs uniform (time)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(factors, bins=50)
+    ax.axvline(float(np.mean(factors)), color="black", ls="--", label="mean")
+    ax.set(xlabel="importance factor", ylabel="sequences", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

@@ -1,0 +1,1 @@
+"""Importance factors for training sequences and the store that keeps them fresh."""

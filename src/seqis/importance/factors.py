@@ -1,0 +1,126 @@
+"""Per-sequence importance factors, computed from a forward pass without autograd.
+
+The FIM factor of sequence i is the exact Frobenius norm of the gradient of its loss
+L_i = (1/n_i) sum_t m_t CE_t with respect to the output layer (weights and bias):
+
+    dL_i/d[W b] = (1/n_i) sum_t m_t delta_t [h_t; 1]^T,   delta_t = softmax(o_t) - onehot(y_t)
+
+so ||.||_F^2 = (1/n_i^2) sum_{t,t'} m_t m_t' (delta_t . delta_t') (h_t . h_t' + 1).
+The hidden states are the "mined" feature vectors that a sequence otherwise lacks.
+We evaluate either that Gram form (cost ~ T^2 (K + H) per sequence) or the outer
+product directly (cost ~ T K H), whichever is cheaper for the shapes at hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from seqis.models.rnn import ModelOutput
+
+FACTORS = ("fim", "gradnorm", "loss", "exact")
+
+
+def _deltas(out: ModelOutput) -> tuple[Tensor, Tensor]:
+    """Masked, loss-normalised output-layer error signals ``(B, T, K)`` and masks."""
+    dtype = torch.promote_types(out.logits.dtype, torch.float32)  # half precision is too coarse
+    mask = out.mask.to(dtype)
+    n = mask.sum(1).clamp_min(1)
+    delta = torch.softmax(out.logits.detach().to(dtype), dim=-1)
+    minus_one = torch.full(out.targets.shape + (1,), -1.0, dtype=dtype, device=delta.device)
+    delta.scatter_add_(-1, out.targets.unsqueeze(-1), minus_one)
+    delta = delta * (mask / n.unsqueeze(1)).unsqueeze(-1)
+    return delta, mask
+
+
+@torch.no_grad()
+def fim_factors(out: ModelOutput) -> Tensor:
+    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd."""
+    delta, _ = _deltas(out)
+    hidden = out.hidden.detach().to(delta.dtype)
+    ones = torch.ones(*hidden.shape[:2], 1, dtype=hidden.dtype, device=hidden.device)
+    h_aug = torch.cat([hidden, ones], dim=-1)
+    b, t, k = delta.shape
+    h = h_aug.shape[-1]
+    if t * k * h <= t * t * (k + h):
+        grad = torch.einsum("btk,bth->bkh", delta, h_aug)
+        sq = grad.pow(2).sum((1, 2))
+    else:
+        sq = (
+            torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(h_aug, h_aug.transpose(1, 2))
+        ).sum((1, 2))
+    return sq.clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def gradnorm_factors(out: ModelOutput) -> Tensor:
+    """Katharopoulos & Fleuret's bound: sqrt(sum_t m_t ||delta_t||^2), loss-normalised."""
+    delta, _ = _deltas(out)
+    return delta.pow(2).sum((1, 2)).sqrt()
+
+
+@torch.no_grad()
+def loss_factors(out: ModelOutput) -> Tensor:
+    """The per-sequence loss itself, as loss-proportional samplers use."""
+    return out.loss.detach().float()
+
+
+def exact_factors(model: nn.Module, batch) -> Tensor:
+    """True full-parameter per-sequence gradient norms through ``torch.func`` (slow).
+
+    It is the reference the cheap factors are judged against; use it on small models.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    fields = batch._fields()
+
+    def one_loss(p, *row):
+        single = type(batch)(*(x.unsqueeze(0) for x in row))
+        return functional_call(model, p, (single,)).loss[0]
+
+    was_training = model.training
+    model.eval()
+    try:
+        grads = vmap(grad(one_loss), in_dims=(None,) + (0,) * len(fields))(params, *fields)
+        norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+    except RuntimeError:  # some RNN kernels (e.g. nn.RNN) have no batching rule: loop instead
+        norms = _looped_grad_norms(model, batch, list(params))
+    finally:
+        model.train(was_training)
+    return norms
+
+
+def _looped_grad_norms(model: nn.Module, batch, names: list[str]) -> Tensor:
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    norms = []
+    for i in range(len(batch.index)):
+        single = type(batch)(*(x[i : i + 1] for x in batch._fields()))
+        grads = torch.autograd.grad(model(single).loss[0], params)
+        norms.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    return torch.stack(norms)
+
+
+HARVESTERS: dict[str, Callable[[ModelOutput], Tensor]] = {
+    "fim": fim_factors,
+    "gradnorm": gradnorm_factors,
+    "loss": loss_factors,
+}
+
+
+def score(kind: str, model: nn.Module, batch, out: ModelOutput | None = None) -> Tensor:
+    """Factors of ``kind`` for ``batch``, reusing a forward output when one is given."""
+    if kind == "exact":
+        return exact_factors(model, batch)
+    if out is None:
+        with torch.inference_mode():
+            out = model(batch)
+    return HARVESTERS[kind](out)
+
+
+def output_layer_grad_norms(model: nn.Module, batch) -> Tensor:
+    """Autograd reference for :func:`fim_factors` (one backward per sequence; for tests)."""
+    return _looped_grad_norms(model, batch, ["head.weight", "head.bias"])

@@ -1,0 +1,1 @@
+"""Recurrent models (RNN, GRU, LSTM) that return per-sequence losses."""

@@ -1,0 +1,1 @@
+"""Samplers that draw training sequences by importance, with unbiasing weights."""

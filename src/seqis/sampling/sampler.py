@@ -1,0 +1,244 @@
+"""Batch samplers over a dataset's training indices.
+
+:class:`UniformBatchSampler` is the baseline: a fresh seeded permutation each epoch,
+no sequence repeated within an epoch. :class:`ImportanceSampler` draws with
+replacement from p_i = (1 - alpha) s_i / sum(s) + alpha / N and returns the weights
+w_i = 1 / (N p_i) that keep the weighted loss an unbiased estimate of the mean loss.
+While importance sampling is switched off it behaves exactly like the uniform one.
+
+Both yield lists of ``(index, weight)`` pairs when iterated (for a ``DataLoader``
+``batch_sampler`` together with :class:`seqis.sampling.loader.WeightedDataset`); the
+training loop calls :meth:`draw` directly for tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seqis.sampling.sumtree import SumTree
+
+
+class UniformBatchSampler(torch.utils.data.Sampler):
+    """Seeded shuffled epochs over ``indices`` (no repeats within an epoch).
+
+    Example:
+        >>> sampler = UniformBatchSampler(range(10), batch_size=4, seed=0)
+        >>> idx, w = sampler.draw()
+        >>> w.tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, indices: Sequence[int] | Tensor, batch_size: int, seed: int = 0):
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        if len(self.indices) == 0:
+            raise ValueError("no indices to sample from")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self._order = self._permutation()
+        self._cursor = 0
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        return max(1, self.num_sequences // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._order, self._cursor = self._permutation(), 0
+
+    def _permutation(self) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.num_sequences, generator=g)
+
+    def draw_positions(self) -> Tensor:
+        """Positions (into ``indices``) of the next batch, crossing epochs as needed."""
+        parts, need = [], self.batch_size
+        while need:
+            if self._cursor >= self.num_sequences:
+                self.set_epoch(self.epoch + 1)
+            take = self._order[self._cursor : self._cursor + need]
+            self._cursor += len(take)
+            parts.append(take)
+            need -= len(take)
+        return torch.cat(parts)
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        pos = self.draw_positions()
+        return self.indices[pos], torch.ones(len(pos))
+
+    def __iter__(self) -> Iterator[list[tuple[int, float]]]:
+        for _ in range(len(self)):
+            idx, w = self.draw()
+            yield list(zip(idx.tolist(), w.tolist(), strict=True))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"])
+        self._cursor = state["cursor"]
+
+
+def repair_factors(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace NaN, inf and negative factors by NaN markers; return them and the count."""
+    values = np.asarray(values, dtype=np.float64).copy()
+    bad = ~np.isfinite(values) | (values < 0)
+    values[bad] = np.nan
+    return values, int(bad.sum())
+
+
+class ImportanceSampler(UniformBatchSampler):
+    """Draws sequences by importance factor, with unbiasing weights; O(b log N) a batch.
+
+    Factors arrive through :meth:`record` (harvested from training steps or refreshed by
+    the miner). A sequence never scored gets the mean of the known factors, so it is
+    neither starved nor favoured. Mixing with uniform (``smoothing = alpha``) bounds every
+    weight by ``1 / alpha`` without biasing the gradient.
+
+    Example:
+        >>> sampler = ImportanceSampler(range(1000), batch_size=32, smoothing=0.2, seed=0)
+        >>> sampler.record(torch.arange(1000), torch.rand(1000))
+        >>> sampler.active = True
+        >>> idx, weights = sampler.draw()     # multiply weights into per-sequence losses
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int] | Tensor,
+        batch_size: int,
+        smoothing: float = 0.2,
+        seed: int = 0,
+        dataset_size: int | None = None,
+    ):
+        super().__init__(indices, batch_size, seed)
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        self.smoothing = smoothing
+        self.active = False
+        n = self.num_sequences
+        size = dataset_size or int(self.indices.max()) + 1
+        self._position = torch.full((size,), -1, dtype=torch.long)
+        self._position[self.indices] = torch.arange(n)
+        self.factors = np.full(n, np.nan)  # NaN: never scored
+        self.scored_step = np.full(n, -1, dtype=np.int64)
+        self.repaired = 0
+        self._tree = SumTree(np.ones(n))
+        self._generator = torch.Generator().manual_seed(seed + 7919)
+
+    # -- factors ---------------------------------------------------------------------------
+    def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
+        pos = self._position[torch.as_tensor(dataset_indices, dtype=torch.long).cpu()]
+        if (pos < 0).any():
+            raise IndexError("an index is not among this sampler's indices")
+        return pos.numpy()
+
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+        """Store new factors for these sequences; the tree is updated in O(b log N)."""
+        pos = self.positions_of(dataset_indices)
+        values, bad = repair_factors(torch.as_tensor(factors).detach().double().cpu().numpy())
+        if bad:
+            if not self.repaired:
+                warnings.warn(
+                    f"{bad} non-finite or negative importance factor(s) dropped; those "
+                    "sequences keep their previous factor (counted in 'repaired_factors')",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self.repaired += bad
+            keep = ~np.isnan(values)
+            pos, values = pos[keep], values[keep]
+        self.factors[pos] = values
+        self.scored_step[pos] = step
+        self._tree.update(pos, values)
+
+    def rebuild(self) -> None:
+        """Re-fill the tree in O(N): unscored sequences get the current mean factor."""
+        self._tree.rebuild(self.scores())
+
+    def scores(self) -> np.ndarray:
+        """The factors used for p: known ones, else the mean of known ones (else 1)."""
+        known = ~np.isnan(self.factors)
+        prior = float(self.factors[known].mean()) if known.any() else 1.0
+        scores = np.where(known, self.factors, prior)
+        if scores.sum() <= 0:  # all-zero factors carry no information: stay uniform
+            scores = np.ones_like(scores)
+        return scores
+
+    @property
+    def coverage(self) -> float:
+        return float((~np.isnan(self.factors)).mean())
+
+    # -- probabilities ---------------------------------------------------------------------
+    def _mixture(self) -> tuple[float, float]:
+        total = self._tree.total
+        if total <= 0 or not np.isfinite(total):
+            return 0.0, 1.0
+        return 1.0 - self.smoothing, total
+
+    def probabilities(self) -> np.ndarray:
+        """The full distribution p over positions (O(N); for checks and diagnostics)."""
+        n = self.num_sequences
+        if not self.active:
+            return np.full(n, 1.0 / n)
+        share, total = self._mixture()
+        return share * self._tree.values / total + (1.0 - share) / n
+
+    def weights_of(self, positions: np.ndarray) -> np.ndarray:
+        """w_i = 1 / (N p_i) under the current distribution."""
+        n = self.num_sequences
+        share, total = self._mixture()
+        p = share * self._tree.values[positions] / total + (1.0 - share) / n
+        return 1.0 / (n * p)
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        """The next batch's dataset indices and their weights (all 1 while inactive)."""
+        if not self.active:
+            return super().draw()
+        b, n = self.batch_size, self.num_sequences
+        share, total = self._mixture()
+        coin = torch.rand(b, generator=self._generator, dtype=torch.float64).numpy()
+        u = torch.rand(b, generator=self._generator, dtype=torch.float64).numpy()
+        uniform_pos = np.minimum((u * n).astype(np.int64), n - 1)
+        tree_pos = self._tree.find(u * total) if share > 0 else uniform_pos
+        pos = np.where(coin < share, tree_pos, uniform_pos)
+        weights = self.weights_of(pos)
+        return self.indices[torch.from_numpy(pos)], torch.from_numpy(weights).float()
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.update(
+            active=self.active,
+            smoothing=self.smoothing,
+            factors=self.factors.copy(),
+            scored_step=self.scored_step.copy(),
+            tree_values=self._tree.values.copy(),
+            repaired=self.repaired,
+            generator=self._generator.get_state(),
+        )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if len(state["factors"]) != self.num_sequences:
+            raise ValueError(
+                f"sampler state is for {len(state['factors'])} sequences, not {self.num_sequences}"
+            )
+        self.active = state["active"]
+        self.smoothing = state["smoothing"]
+        self.factors = np.array(state["factors"], dtype=np.float64)
+        self.scored_step = np.array(state["scored_step"], dtype=np.int64)
+        self._tree.rebuild(state["tree_values"])
+        self.repaired = state["repaired"]
+        self._generator.set_state(state["generator"])

@@ -1,0 +1,75 @@
+"""A cumulative-sum tree: O(log N) draws and updates over N non-negative scores.
+
+Internal nodes are always recomputed as the exact float64 sum of their two children
+(never updated by deltas), so the tree cannot drift from a from-scratch rebuild.
+All operations are vectorised over a batch of leaves with NumPy, so drawing b = 256
+indices from N = 10^7 scores is ~log2(N) small array operations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SumTree:
+    """Scores ``values[i] >= 0``; :meth:`find` maps ``u in [0, total)`` to a leaf.
+
+    Example:
+        >>> tree = SumTree(np.array([1.0, 0.0, 3.0]))
+        >>> tree.total
+        4.0
+        >>> tree.find(np.array([0.5, 1.5])).tolist()
+        [0, 2]
+    """
+
+    def __init__(self, values: np.ndarray):
+        self.size = len(values)
+        self.capacity = 1 << max(0, int(self.size - 1).bit_length())
+        self.depth = self.capacity.bit_length() - 1
+        self.tree = np.zeros(2 * self.capacity, dtype=np.float64)
+        self.rebuild(values)
+
+    def rebuild(self, values: np.ndarray) -> None:
+        """Set every leaf at once in O(N)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (self.size,):
+            raise ValueError(f"expected {self.size} values, got shape {values.shape}")
+        self.tree[:] = 0.0
+        self.tree[self.capacity : self.capacity + self.size] = values
+        lo = self.capacity
+        while lo > 1:
+            level = self.tree[lo : 2 * lo]
+            self.tree[lo // 2 : lo] = level[0::2] + level[1::2]
+            lo //= 2
+
+    @property
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.tree[self.capacity : self.capacity + self.size]
+
+    def update(self, leaves: np.ndarray, values: np.ndarray) -> None:
+        """Set ``values`` at ``leaves`` (duplicates: the last wins) in O(b log N)."""
+        nodes = np.asarray(leaves, dtype=np.int64) + self.capacity
+        self.tree[nodes] = values
+        nodes = np.unique(nodes >> 1)
+        while nodes.size and nodes[0] >= 1:
+            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+            if nodes[0] == 1:
+                break
+            nodes = np.unique(nodes >> 1)
+
+    def find(self, u: np.ndarray) -> np.ndarray:
+        """Leaves whose cumulative range holds each ``u``; never a zero-score leaf."""
+        u = np.array(u, dtype=np.float64)
+        node = np.ones(len(u), dtype=np.int64)
+        for _ in range(self.depth):
+            left = 2 * node
+            left_val, right_val = self.tree[left], self.tree[left + 1]
+            # Rounding can push u past a subtree's sum; never step into an empty subtree.
+            go_right = ((u >= left_val) & (right_val > 0)) | (left_val <= 0)
+            u = np.where(go_right, u - left_val, np.minimum(u, left_val))
+            node = left + go_right
+        return node - self.capacity

@@ -1,0 +1,1 @@
+"""A readable training loop, checkpoints and metrics."""

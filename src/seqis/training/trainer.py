@@ -1,0 +1,358 @@
+"""The training loop: one readable example of an importance-sampled PyTorch loop.
+
+Per step: draw indices and weights, forward, weight the per-sequence losses, backward,
+clip, step, harvest factors from the same forward pass, let the miner refresh and
+switch. ``wall_time_s`` counts exactly that work (mining included) and excludes
+validation and checkpoint writes, which are measurement and the same for every sampler.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seqis.data.base import SequenceData
+from seqis.data.registry import DataOptions, load_data
+from seqis.errors import CheckpointError, ConfigError, SeqisError
+from seqis.importance.mining import Miner, MiningConfig
+from seqis.models.rnn import ModelConfig, RecurrentModel
+from seqis.sampling.sampler import ImportanceSampler, UniformBatchSampler
+from seqis.training.checkpoint import load_latest, params_sha256, save_checkpoint
+from seqis.training.metrics import MetricsLog
+
+SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "stdlib"
+    data_options: DataOptions = field(default_factory=DataOptions)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: str = "uniform"
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    steps: int | None = None
+    time_budget: float | None = None
+    target_loss: float | None = None
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    clip: float = 1.0
+    eval_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/train"
+    skip_nonfinite: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        if self.steps is None and self.time_budget is None:
+            raise ConfigError("give --steps N or --time-budget SECONDS (or both)")
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("time_budget", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(
+                f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
+        if self.model.hidden_size < 1 or self.model.num_layers < 1:
+            raise ConfigError("--hidden and --layers must be >= 1")
+        if not 0 <= self.model.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.model.dropout}")
+        if self.data_options.seq_len < 1:
+            raise ConfigError(f"--seq-len must be >= 1, got {self.data_options.seq_len}")
+        if self.data_options.max_chars < 1:
+            raise ConfigError(f"--max-chars must be >= 1, got {self.data_options.max_chars}")
+        if not 0 <= self.mining.smoothing <= 1:
+            raise ConfigError(f"--smoothing must be in [0, 1], got {self.mining.smoothing}")
+        if self.mining.refresh_fraction < 0 or self.mining.refresh_batch < 1:
+            raise ConfigError("--refresh-fraction must be >= 0 and --refresh-batch >= 1")
+
+    def compatibility_key(self) -> dict:
+        """What must match for a checkpoint to be resumed under this configuration."""
+        return {
+            "data": self.data,
+            "data_options": asdict(self.data_options),
+            "model": asdict(self.model),
+            "sampler": self.sampler,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def ensure_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output directory {out} is not writable: {e.strerror}") from None
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module, data: SequenceData, device: torch.device, batch: int = 256
+) -> float:
+    """Mean per-sequence loss over the fixed validation set."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for chunk in data.val_idx.split(batch):
+        total += float(model(data.batch(chunk).to(device)).loss.sum())
+    model.train(was_training)
+    return total / len(data.val_idx)
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build(config: TrainConfig, data: SequenceData | None = None):
+    """Data, model, optimizer, sampler and miner for ``config``, seeded."""
+    data = data or load_data(config.data, config.data_options)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = RecurrentModel(data.task, data.input_size, data.num_outputs, config.model).to(device)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    miner = None
+    if config.sampler == "uniform":
+        sampler = UniformBatchSampler(data.train_idx, config.batch_size, seed=config.seed)
+    else:
+        mining = MiningConfig(**{**asdict(config.mining), "factor": config.sampler})
+        sampler = ImportanceSampler(
+            data.train_idx,
+            config.batch_size,
+            mining.smoothing,
+            seed=config.seed,
+            dataset_size=len(data),
+        )
+        miner = Miner(sampler, model, data, mining, device)
+    return data, device, model, optimizer, sampler, miner
+
+
+def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = False) -> dict:
+    """Train as ``config`` says; write metrics, checkpoints and ``summary.json``; return it."""
+    config.validate()
+    out = Path(config.out)
+    ensure_writable(out)
+    data, device, model, optimizer, sampler, miner = build(config, data)
+    init_sha = params_sha256(model)
+
+    start_step, clock, rows, skipped, recent_loss = 0, 0.0, [], 0, []
+    time_to_target = None
+    if resume:
+        state, path = load_latest(out)
+        if state["compat"] != config.compatibility_key():
+            raise CheckpointError(
+                f"checkpoint {path} was written with a different configuration "
+                "(data, model, sampler, batch size or seed); refusing to resume"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        if miner is not None:
+            miner.load_state_dict(state["miner"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, clock, rows = state["step"], state["clock"], state["metrics"]
+        skipped, time_to_target, init_sha = (
+            state["skipped"],
+            state["time_to_target"],
+            state["init_sha"],
+        )
+        recent_loss = state["recent_loss"]
+        print(f"resuming from {path} at step {start_step}")
+    metrics = MetricsLog(out, rows, tensorboard=config.tensorboard)
+
+    def snapshot(step: int) -> Path:
+        state = {
+            "compat": config.compatibility_key(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "miner": miner.state_dict() if miner else None,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "clock": clock,
+            "metrics": metrics.rows,
+            "skipped": skipped,
+            "time_to_target": time_to_target,
+            "init_sha": init_sha,
+            "recent_loss": recent_loss,
+        }
+        return save_checkpoint(out, step, state, config.keep_checkpoints)
+
+    max_steps = config.steps or math.inf
+    budget = config.time_budget or math.inf
+    bar = tqdm(
+        total=config.steps,
+        initial=start_step,
+        disable=not config.progress,
+        desc=f"{config.sampler} {config.data}",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    step, stopped_by = start_step, "steps"
+    val_loss = rows[-1]["val_loss"] if rows else None
+    model.train()
+    with _StopSignal() as stop:
+        while True:
+            if step >= max_steps:
+                stopped_by = "steps"
+                break
+            if clock >= budget:
+                stopped_by = "time_budget"
+                break
+            if stop.received is not None:
+                stopped_by = "signal"
+                break
+            tick = time.perf_counter()
+            index, weights = sampler.draw()
+            batch = data.batch(index).to(device)
+            out_ = model(batch)
+            loss = (weights.to(device) * out_.loss).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                if not config.skip_nonfinite:
+                    path = snapshot(step)
+                    raise SeqisError(
+                        f"non-finite training loss at step {step}; last good state saved to "
+                        f"{path} (lower --lr, or pass --skip-nonfinite)"
+                    )
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+                if miner is not None:
+                    miner.harvest(batch.index, out_, step)
+            if miner is not None:
+                miner.after_step(step)
+            clock += time.perf_counter() - tick
+            step += 1
+            recent_loss.append(float(out_.loss.detach().mean()))
+            bar.update(1)
+
+            if step % config.eval_every == 0:
+                val_loss = evaluate(model, data, device)
+                metrics.log(
+                    {
+                        "step": step,
+                        "wall_time_s": round(clock, 4),
+                        "train_loss": float(np.mean(recent_loss)),
+                        "val_loss": val_loss,
+                        "is_active": int(getattr(sampler, "active", False)),
+                        "mining_time_s": miner.mining_time_s if miner else 0.0,
+                        "lr": config.lr,
+                    }
+                )
+                recent_loss = []
+                bar.set_postfix(val=f"{val_loss:.4f}", t=f"{clock:.0f}s")
+                if config.target_loss is not None and val_loss <= config.target_loss:
+                    time_to_target = time_to_target if time_to_target is not None else clock
+                    stopped_by = "target_loss"
+                    break
+            if step % config.checkpoint_every == 0:
+                snapshot(step)
+    bar.close()
+    if not metrics.rows or metrics.rows[-1]["step"] != step:
+        val_loss = evaluate(model, data, device)
+        metrics.log(
+            {
+                "step": step,
+                "wall_time_s": round(clock, 4),
+                "train_loss": float(np.mean(recent_loss)) if recent_loss else None,
+                "val_loss": val_loss,
+                "is_active": int(getattr(sampler, "active", False)),
+                "mining_time_s": miner.mining_time_s if miner else 0.0,
+                "lr": config.lr,
+            }
+        )
+    metrics.close()
+    ckpt = snapshot(step)
+    summary = {
+        "data": config.data,
+        "model": config.model.cell,
+        "sampler": config.sampler,
+        "seed": config.seed,
+        "steps": step,
+        "wall_time_s": clock,
+        "final_val_loss": val_loss,
+        "target_loss": config.target_loss,
+        "time_to_target_s": time_to_target,
+        "stopped_by": stopped_by,
+        "steps_per_s": step / clock if clock > 0 else None,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params_sha256": params_sha256(model),
+        "init_params_sha256": init_sha,
+        "skipped_nonfinite_steps": skipped,
+        "data_stats": data.stats(),
+        "config": _jsonable(asdict(config)),
+        "checkpoint": str(ckpt),
+    }
+    if miner is not None:
+        summary.update(miner.summary())
+        summary["mining_share"] = miner.mining_time_s / clock if clock > 0 else 0.0
+        summary["gain_history"] = miner.gain_history
+    else:
+        summary.update(mining_time_s=0.0, mining_share=0.0, is_active_share=0.0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if stopped_by == "signal":
+        summary["signal"] = stop.received
+    return summary
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))

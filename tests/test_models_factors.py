@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from seqis.data.registry import DataOptions, load_data
+from seqis.importance.factors import (
+    exact_factors,
+    fim_factors,
+    gradnorm_factors,
+    output_layer_grad_norms,
+)
+from seqis.models.rnn import ModelConfig, RecurrentModel
+
+
+def _model(data, cell="gru", hidden=16):
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell=cell, hidden_size=hidden, num_layers=1, embed_size=8)
+    return RecurrentModel(data.task, data.input_size, data.num_outputs, cfg).double()
+
+
+def _double(batch):
+    if batch.inputs.is_floating_point():
+        batch.inputs = batch.inputs.double()
+    return batch
+
+
+@pytest.fixture(scope="module")
+def lines_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "lines.txt"
+    path.write_text("\n".join("x" * (1 + i % 9) + " yz" * (i % 4) for i in range(60)))
+    return load_data(f"lines:{path}", DataOptions(seq_len=12))
+
+
+@pytest.fixture(scope="module")
+def vowels():
+    return load_data("ucr:JapaneseVowels")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_per_sequence_losses_average_to_batch_loss(vowels, cell):
+    model = _model(vowels, cell)
+    batch = _double(vowels.batch(torch.arange(20)))
+    out = model(batch)
+    assert out.loss.shape == (20,)
+    logits = out.logits[:, 0]
+    batch_loss = torch.nn.functional.cross_entropy(logits, batch.targets)
+    assert torch.allclose(out.loss.mean(), batch_loss)
+
+
+def test_padding_never_counts(lines_data):
+    model = _model(lines_data, "lstm")
+    batch = lines_data.batch(torch.arange(10))
+    assert batch.lengths.min() < batch.lengths.max()
+    together = model(batch).loss
+    alone = torch.stack([model(lines_data.batch(torch.tensor([i]))).loss[0] for i in range(10)])
+    assert torch.allclose(together, alone, atol=1e-10)
+    # fixed-length LM: per-sequence means average to the token mean
+    stdlib = load_data("stdlib", DataOptions(seq_len=20, max_chars=2000))
+    m = _model(stdlib)
+    out = m(stdlib.batch(torch.arange(6)))
+    ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), out.targets.flatten())
+    assert torch.allclose(out.loss.mean(), ce)
+
+
+@pytest.mark.parametrize("hidden", [4, 64])  # small H takes the outer-product path, large the Gram
+def test_fim_equals_autograd_lm_with_padding(lines_data, hidden):
+    model = _model(lines_data, "lstm", hidden)
+    batch = lines_data.batch(torch.arange(12))
+    fim = fim_factors(model(batch))
+    ref = output_layer_grad_norms(model, batch)
+    assert torch.allclose(fim.double(), ref, rtol=1e-5)
+
+
+def test_fim_equals_autograd_classification(vowels):
+    model = _model(vowels, "gru")
+    batch = _double(vowels.batch(torch.arange(0, 640, 40)))
+    assert batch.lengths.min() < batch.lengths.max()
+    fim = fim_factors(model(batch))
+    assert torch.allclose(fim.double(), output_layer_grad_norms(model, batch), rtol=1e-5)
+
+
+def test_gradnorm_bounds_and_exact_matches_loop(vowels):
+    model = _model(vowels, "rnn")
+    batch = _double(vowels.batch(torch.arange(8)))
+    g = gradnorm_factors(model(batch))
+    assert (g > 0).all()
+    exact = exact_factors(model, batch)
+    loop = []
+    for i in range(8):
+        model.zero_grad()
+        model(_double(vowels.batch(torch.tensor([i])))).loss[0].backward()
+        loop.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())))
+    assert torch.allclose(exact, torch.stack(loop), rtol=1e-6)
