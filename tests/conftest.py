@@ -16,8 +16,10 @@ def text_file(tmp_path):
     return path
 
 
-TS_HEADER = "@problemName Toy\n@timeStamps false\n@univariate false\n@dimensions 2\n" \
-            "@equalLength false\n@classLabel true a b\n@data\n"
+TS_HEADER = (
+    "@problemName Toy\n@timeStamps false\n@univariate false\n@dimensions 2\n"
+    "@equalLength false\n@classLabel true a b\n@data\n"
+)
 
 
 @pytest.fixture

@@ -14,8 +14,20 @@ from seqis.training.checkpoint import list_checkpoints, load_latest, save_checkp
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 SUMMARY_KEYS = {
-    "data", "model", "sampler", "seed", "steps", "wall_time_s", "final_val_loss", "time_to_target_s",
-    "device", "torch_version", "params_sha256", "mining_time_s", "mining_share", "is_active_share",
+    "data",
+    "model",
+    "sampler",
+    "seed",
+    "steps",
+    "wall_time_s",
+    "final_val_loss",
+    "time_to_target_s",
+    "device",
+    "torch_version",
+    "params_sha256",
+    "mining_time_s",
+    "mining_share",
+    "is_active_share",
 }
 
 
@@ -30,8 +42,27 @@ def _summary(out):
 
 def test_train_writes_contract(tmp_path):
     out = tmp_path / "run"
-    assert run(["train", "--data", "digits:rows", "--sampler", "fim", "--steps", "60", "--eval-every",
-                "20", "--target-loss", "0.01", "--out", str(out), *TINY]) == 0
+    assert (
+        run(
+            [
+                "train",
+                "--data",
+                "digits:rows",
+                "--sampler",
+                "fim",
+                "--steps",
+                "60",
+                "--eval-every",
+                "20",
+                "--target-loss",
+                "0.01",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     s = _summary(out)
     assert SUMMARY_KEYS <= set(s)
     assert s["steps"] == 60 and s["time_to_target_s"] is None and len(s["params_sha256"]) == 64
@@ -42,8 +73,22 @@ def test_train_writes_contract(tmp_path):
 
 def test_target_loss_stops_run(tmp_path):
     out = tmp_path / "run"
-    run(["train", "--data", "digits:rows", "--steps", "400", "--eval-every", "10", "--target-loss", "2.0",
-         "--out", str(out), *TINY])
+    run(
+        [
+            "train",
+            "--data",
+            "digits:rows",
+            "--steps",
+            "400",
+            "--eval-every",
+            "10",
+            "--target-loss",
+            "2.0",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
     s = _summary(out)
     assert s["stopped_by"] == "target_loss" and s["time_to_target_s"] is not None
     assert s["final_val_loss"] <= 2.0 and s["steps"] < 400
@@ -51,8 +96,21 @@ def test_target_loss_stops_run(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["uniform", "fim"])
 def test_resume_is_bit_exact(tmp_path, sampler):
-    common = ["train", "--data", "ucr:JapaneseVowels", "--sampler", sampler, "--eval-every", "10",
-              "--checkpoint-every", "30", "--seed", "3", "--always-on", *TINY]
+    common = [
+        "train",
+        "--data",
+        "ucr:JapaneseVowels",
+        "--sampler",
+        sampler,
+        "--eval-every",
+        "10",
+        "--checkpoint-every",
+        "30",
+        "--seed",
+        "3",
+        "--always-on",
+        *TINY,
+    ]
     run([*common, "--steps", "60", "--out", str(tmp_path / "straight")])
     run([*common, "--steps", "30", "--out", str(tmp_path / "split")])
     run([*common, "--steps", "60", "--out", str(tmp_path / "split"), "--resume"])
@@ -113,8 +171,22 @@ def test_sigkill_during_write_leaves_previous_checkpoint(tmp_path):
 def test_sigterm_saves_and_exits(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seqis.cli", "train", "--data", "digits", "--steps", "100000",
-         "--out", str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "seqis.cli",
+            "train",
+            "--data",
+            "digits",
+            "--steps",
+            "100000",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while not (out / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -146,8 +218,12 @@ def test_sigterm_saves_and_exits(tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    proc = subprocess.run([sys.executable, "-m", "seqis.cli", *args, "--out", str(tmp_path / "o"),
-                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqis.cli", *args, "--out", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
@@ -157,17 +233,48 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "seqis.cli", "train", "--data", "digits", "--steps", "1",
-                           "--out", str(blocker / "sub")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqis.cli",
+            "train",
+            "--data",
+            "digits",
+            "--steps",
+            "1",
+            "--out",
+            str(blocker / "sub"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not writable" in proc.stderr
 
 
 def test_resume_with_other_config_is_refused(tmp_path):
     out = tmp_path / "run"
     run(["train", "--data", "digits:rows", "--steps", "5", "--out", str(out), *TINY])
-    proc = subprocess.run([sys.executable, "-m", "seqis.cli", "train", "--data", "digits:rows", "--steps",
-                           "10", "--hidden", "32", "--resume", "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqis.cli",
+            "train",
+            "--data",
+            "digits:rows",
+            "--steps",
+            "10",
+            "--hidden",
+            "32",
+            "--resume",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "different configuration" in proc.stderr
 
 

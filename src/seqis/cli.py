@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 def _data_options(args):
     from seqis.data.registry import DataOptions
 
-    return DataOptions(
-        seq_len=args.seq_len, max_chars=args.max_chars, encoding_errors=args.encoding_errors
-    )
+    return DataOptions(seq_len=args.seq_len, max_chars=args.max_chars, encoding_errors=args.encoding_errors)
 
 
 def train_config(args, **overrides):

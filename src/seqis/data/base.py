@@ -99,9 +99,7 @@ class SequenceData(torch.utils.data.Dataset):
         """Fix a seeded train/validation split; validation is capped at ``max_val``."""
         n = len(self)
         if n < 2:
-            raise DataError(
-                f"{self.name}: need at least 2 sequences for a train/val split, got {n}"
-            )
+            raise DataError(f"{self.name}: need at least 2 sequences for a train/val split, got {n}")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         n_val = min(max(1, round(n * val_fraction)), max_val, n - 1)
         self.val_idx = perm[:n_val].sort().values

@@ -44,14 +44,10 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
     """
     opts = options or DataOptions()
     if opts.encoding_errors not in ("strict", "replace", "ignore"):
-        raise DataError(
-            f"--encoding-errors must be strict, replace or ignore: {opts.encoding_errors}"
-        )
+        raise DataError(f"--encoding-errors must be strict, replace or ignore: {opts.encoding_errors}")
     kind, _, arg = spec.partition(":")
     if kind in ("text", "lines", "words", "ts", "ucr") and not arg:
-        raise DataError(
-            f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}"
-        )
+        raise DataError(f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}")
     if kind == "stdlib" and not arg:
         data = text.char_windows(spec, text.stdlib_text(opts.max_chars), opts.seq_len)
     elif kind == "shakespeare" and not arg:

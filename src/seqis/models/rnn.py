@@ -54,9 +54,7 @@ class RecurrentModel(nn.Module):
         torch.Size([8])
     """
 
-    def __init__(
-        self, task: str, input_size: int, num_outputs: int, config: ModelConfig | None = None
-    ):
+    def __init__(self, task: str, input_size: int, num_outputs: int, config: ModelConfig | None = None):
         super().__init__()
         cfg = config or ModelConfig()
         if cfg.cell not in CELLS:

@@ -192,13 +192,13 @@ class ImportanceSampler(UniformBatchSampler):
         if not self.active:
             return np.full(n, 1.0 / n)
         share, total = self._mixture()
-        return share * self._tree.values / total + (1.0 - share) / n
+        return share * (self._tree.values / total) + (1.0 - share) / n
 
     def weights_of(self, positions: np.ndarray) -> np.ndarray:
         """w_i = 1 / (N p_i) under the current distribution."""
         n = self.num_sequences
         share, total = self._mixture()
-        p = share * self._tree.values[positions] / total + (1.0 - share) / n
+        p = share * (self._tree.values[positions] / total) + (1.0 - share) / n
         return 1.0 / (n * p)
 
     def draw(self) -> tuple[Tensor, Tensor]:

@@ -69,8 +69,7 @@ def load_latest(out: Path) -> tuple[dict, Path]:
             return payload["state"], path
         except Exception as e:  # any unreadable file: fall back to the previous one
             warnings.warn(
-                f"checkpoint {path} is unreadable ({e.__class__.__name__}); "
-                "trying the previous one",
+                f"checkpoint {path} is unreadable ({e.__class__.__name__}); trying the previous one",
                 RuntimeWarning,
                 stacklevel=2,
             )

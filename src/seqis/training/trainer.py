@@ -67,9 +67,7 @@ class TrainConfig:
             if value is not None and not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if self.sampler not in SAMPLERS:
-            raise ConfigError(
-                f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}"
-            )
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.model.hidden_size < 1 or self.model.num_layers < 1:
@@ -118,9 +116,7 @@ def ensure_writable(out: Path) -> None:
 
 
 @torch.inference_mode()
-def evaluate(
-    model: torch.nn.Module, data: SequenceData, device: torch.device, batch: int = 256
-) -> float:
+def evaluate(model: torch.nn.Module, data: SequenceData, device: torch.device, batch: int = 256) -> float:
     """Mean per-sequence loss over the fixed validation set."""
     was_training = model.training
     model.eval()
@@ -212,6 +208,17 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         recent_loss = state["recent_loss"]
         print(f"resuming from {path} at step {start_step}")
     metrics = MetricsLog(out, rows, tensorboard=config.tensorboard)
+    if not resume:  # curves start at the initial loss; evaluation draws no random numbers
+        metrics.log(
+            {
+                "step": 0,
+                "wall_time_s": 0.0,
+                "val_loss": evaluate(model, data, device),
+                "is_active": 0,
+                "mining_time_s": 0.0,
+                "lr": config.lr,
+            }
+        )
 
     def snapshot(step: int) -> Path:
         state = {

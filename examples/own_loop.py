@@ -1,0 +1,91 @@
+"""Importance sampling inside your own PyTorch loop: the lines that change are marked (*).
+
+Your data stays a Dataset, your model stays yours, your loop stays yours. seqis asks
+for per-sequence losses (``reduction="none"``) and the output layer's inputs
+(hidden states) and outputs (logits), from which it mines the importance factors.
+
+Run: python examples/own_loop.py [--steps 300]
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from seqis.data.registry import DataOptions, load_data
+from seqis.importance.factors import fim_factors
+from seqis.importance.mining import estimated_gain
+from seqis.models.rnn import ModelOutput
+from seqis.sampling.loader import WeightedDataset
+from seqis.sampling.sampler import ImportanceSampler
+
+
+class Windows(Dataset):
+    """A plain dataset of (input, target) character windows, as a user would have."""
+
+    def __init__(self, inputs, targets):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, vocab, hidden=128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 32)
+        self.lstm = nn.LSTM(32, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x):
+        hidden, _ = self.lstm(self.embed(x))
+        return self.head(hidden), hidden
+
+
+def main(steps: int = 300) -> float:
+    torch.manual_seed(0)
+    data = load_data("stdlib", DataOptions(seq_len=64, max_chars=300_000))
+    train_set = Windows(data.inputs[data.train_idx], data.targets[data.train_idx])
+    model = CharLSTM(len(data.vocab))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    sampler = ImportanceSampler(range(len(train_set)), batch_size=32, smoothing=0.2, seed=0)  # (*)
+    loader = DataLoader(WeightedDataset(train_set), batch_sampler=sampler)  # (*)
+
+    step = 0
+    while step < steps:
+        for batch in loader:
+            x, y = batch["item"]
+            logits, hidden = model(x)
+            per_seq = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+            loss = (batch["weight"] * per_seq).mean()  # (*) weight each sequence's loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            out = ModelOutput(logits, hidden, y, torch.ones_like(y, dtype=torch.bool), per_seq)  # (*)
+            sampler.record(batch["index"], fim_factors(out), step)  # (*) harvest factors
+            if step == 50:  # (*) switch on once factors are known (seqis.Miner automates this)
+                sampler.rebuild()
+                sampler.active = estimated_gain(sampler.scores(), sampler.smoothing) >= 1.2
+                print(f"importance sampling {'on' if sampler.active else 'off'}")
+            step += 1
+            if step % 100 == 0:
+                print(f"step {step}: weighted train loss {loss.item():.3f}")
+            if step >= steps:
+                break
+    with torch.no_grad():
+        val_x, val_y = data.inputs[data.val_idx], data.targets[data.val_idx]
+        val = F.cross_entropy(model(val_x)[0].transpose(1, 2), val_y).item()
+    print(f"validation loss after {steps} steps: {val:.3f}")
+    return val
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=300)
+    main(parser.parse_args().steps)

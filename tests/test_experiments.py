@@ -1,0 +1,104 @@
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqis.cli import main
+from seqis.experiments.compare import auto_targets, speedups, time_to_target
+
+TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
+
+
+def _rows(points):
+    return [{"step": i, "wall_time_s": t, "val_loss": v} for i, (t, v) in enumerate(points)]
+
+
+def test_time_to_target_first_crossing():
+    rows = _rows([(0, 3.0), (1, 2.0), (2, 2.5), (3, 1.0)])
+    assert time_to_target(rows, 2.0) == 1
+    assert time_to_target(rows, 0.5) is None
+
+
+def test_speedups_paired_by_seed_with_censoring():
+    uni0 = _rows([(0, 3.0), (10, 2.0), (20, 1.0)])
+    fim0 = _rows([(0, 3.0), (5, 2.0), (10, 1.0)])
+    uni1 = _rows([(0, 3.0), (10, 2.0), (30, 1.5)])
+    fim1 = _rows([(0, 3.0), (20, 2.0), (25, 1.8)])  # never reaches 1.0
+    records = [
+        {"sampler": "uniform", "seed": 0, "rows": uni0, "wall_time_s": 20},
+        {"sampler": "fim", "seed": 0, "rows": fim0, "wall_time_s": 10},
+        {"sampler": "uniform", "seed": 1, "rows": uni1, "wall_time_s": 30},
+        {"sampler": "fim", "seed": 1, "rows": fim1, "wall_time_s": 25},
+    ]
+    result = speedups(records, [2.0, 1.0, 0.1])
+    s2 = result["fim"]["2.0"]
+    assert s2["median"] == pytest.approx((2.0 + 0.5) / 2) and s2["min"] == 0.5 and s2["max"] == 2.0
+    s1 = result["fim"]["1.0"]
+    # seed 0: 20/10 = 2; seed 1: uniform never reached 1.0 (1.5 at best), fim neither
+    assert s1["n"] == 1 and s1["neither_reached"] == 1 and s1["median"] == 2.0
+    records[3]["rows"] = _rows([(0, 3.0), (20, 0.9)])
+    records[2]["rows"] = uni0
+    s1 = speedups(records, [1.0])["fim"]["1.0"]
+    assert s1["censored"] == 0 and s1["median"] == pytest.approx((2.0 + 1.0) / 2)
+    records[3]["rows"] = fim1  # fim misses: its time is taken as its whole run (25 s) -> bound
+    s1 = speedups(records, [1.0])["fim"]["1.0"]
+    assert s1["censored"] == 1 and s1["min"] == pytest.approx(20 / 25)
+    assert speedups(records, [0.1])["fim"]["0.1"]["median"] is None
+
+
+def test_auto_targets_are_uniform_losses_at_fractions():
+    rows_a = _rows([(0, 4.0), (30, 3.0), (60, 2.0), (90, 1.0), (100, 0.9)])
+    rows_b = _rows([(0, 4.0), (30, 3.2), (60, 2.2), (90, 1.2), (100, 1.1)])
+    assert auto_targets([rows_a, rows_b]) == [3.1, 2.1, 1.1]
+
+
+def test_compare_end_to_end(tmp_path):
+    out = tmp_path / "race"
+    code = main(
+        [
+            "compare",
+            "--data",
+            "digits:rows",
+            "--samplers",
+            "uniform,fim,loss",
+            "--seeds",
+            "2",
+            "--steps",
+            "40",
+            "--eval-every",
+            "10",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 6 and len(summary["targets"]) == 3
+    assert set(summary["speedup"]) == {"fim", "loss"}
+    for name in ("report.md", "loss_vs_time.png", "loss_vs_steps.png", "speedups.png"):
+        assert (out / name).stat().st_size > 500, name
+    report = (out / "report.md").read_text()
+    assert "| fim |" in report and "ceiling" in report
+    seeds = {}
+    for r in summary["runs"]:
+        seeds.setdefault(r["seed"], set()).add(r["init_params_sha256"])
+    assert all(len(v) == 1 for v in seeds.values())
+
+
+def test_diagnose_end_to_end(tmp_path, capsys):
+    out = tmp_path / "diag"
+    assert main(["diagnose", "--data", "digits:rows", "--steps", "60", "--out", str(out), *TINY]) == 0
+    report = json.loads((out / "diagnosis.json").read_text())
+    assert report["ceiling"] >= 1.0 and report["cost_ratio"] > 0
+    assert (out / "factors.png").stat().st_size > 500
+    assert "ceiling" in capsys.readouterr().out
+
+
+def test_own_loop_example_runs(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["own_loop.py", "--steps", "60"])
+    path = Path(__file__).parents[1] / "examples" / "own_loop.py"
+    namespace = runpy.run_path(str(path))
+    assert namespace["main"](60) < 3.5
