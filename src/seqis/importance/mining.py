@@ -143,20 +143,24 @@ class Miner:
 
     def refresh(self, count: int, step: int) -> None:
         """Re-score the next ``count`` sequences of the sweep in one forward-only pass."""
-        start = time.perf_counter()
         n = len(self._sweep)
         take = torch.arange(self._sweep_cursor, self._sweep_cursor + min(count, n)) % n
         self._sweep_cursor = int(take[-1] + 1) % n
         index = self._sweep[take]
+        self.sampler.record(index, self.score_indices(index), step)
+
+    def score_indices(self, index: torch.Tensor) -> torch.Tensor:
+        """Factors of dataset sequences ``index`` from a forward-only pass (timed as mining)."""
+        start = time.perf_counter()
         batch = self.data.batch(index).to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
-            factors = score(self.config.factor, self.model, batch)
+            factors = score(self.config.factor, self.model, batch).cpu()
         finally:
             self.model.train(was_training)
-        self.sampler.record(index, factors.cpu(), step)
         self.mining_time_s += time.perf_counter() - start
+        return factors
 
     # -- reporting and state -------------------------------------------------------------------
     def summary(self) -> dict:

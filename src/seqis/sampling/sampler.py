@@ -125,7 +125,8 @@ class ImportanceSampler(UniformBatchSampler):
         if not 0.0 <= smoothing <= 1.0:
             raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
         self.smoothing = smoothing
-        self.active = False
+        self._active = False
+        self._tree_stale = False  # factors recorded while inactive, not yet in the tree
         n = self.num_sequences
         size = dataset_size or int(self.indices.max()) + 1
         self._position = torch.full((size,), -1, dtype=torch.long)
@@ -135,6 +136,17 @@ class ImportanceSampler(UniformBatchSampler):
         self.repaired = 0
         self._tree = SumTree(np.ones(n))
         self._generator = torch.Generator().manual_seed(seed + 7919)
+
+    @property
+    def active(self) -> bool:
+        """Whether draws are by importance (True) or uniform epochs (False)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        if value and self._tree_stale:
+            self.rebuild()
+        self._active = bool(value)
 
     # -- factors ---------------------------------------------------------------------------
     def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
@@ -160,11 +172,15 @@ class ImportanceSampler(UniformBatchSampler):
             pos, values = pos[keep], values[keep]
         self.factors[pos] = values
         self.scored_step[pos] = step
-        self._tree.update(pos, values)
+        if self._active:
+            self._tree.update(pos, values)
+        else:  # nobody draws from the tree now: fold these in with one O(N) rebuild later
+            self._tree_stale = True
 
     def rebuild(self) -> None:
         """Re-fill the tree in O(N): unscored sequences get the current mean factor."""
         self._tree.rebuild(self.scores())
+        self._tree_stale = False
 
     def scores(self) -> np.ndarray:
         """The factors used for p: known ones, else the mean of known ones (else 1)."""
@@ -224,6 +240,7 @@ class ImportanceSampler(UniformBatchSampler):
             factors=self.factors.copy(),
             scored_step=self.scored_step.copy(),
             tree_values=self._tree.values.copy(),
+            tree_stale=self._tree_stale,
             repaired=self.repaired,
             generator=self._generator.get_state(),
         )
@@ -235,10 +252,49 @@ class ImportanceSampler(UniformBatchSampler):
             raise ValueError(
                 f"sampler state is for {len(state['factors'])} sequences, not {self.num_sequences}"
             )
-        self.active = state["active"]
+        self._active = state["active"]
+        self._tree_stale = state["tree_stale"]
         self.smoothing = state["smoothing"]
         self.factors = np.array(state["factors"], dtype=np.float64)
         self.scored_step = np.array(state["scored_step"], dtype=np.int64)
         self._tree.rebuild(state["tree_values"])
         self.repaired = state["repaired"]
         self._generator.set_state(state["generator"])
+
+
+class PresamplingSampler(ImportanceSampler):
+    """Katharopoulos & Fleuret's presampling: score ``ratio * b`` uniform candidates in a
+    forward pass, then draw ``b`` of them with probability mixed from their scores.
+
+    Weights are relative to the candidate pool, w_j = 1 / (B p_j), so the weighted batch is
+    unbiased for the pool's mean, which is unbiased for the dataset's. ``score_fn`` maps
+    dataset indices to factors (the trainer supplies a forward-only scorer). While inactive
+    it draws plain uniform batches, like its parent.
+    """
+
+    def __init__(self, *args, ratio: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        if ratio < 1:
+            raise ValueError(f"presampling ratio must be >= 1, got {ratio}")
+        self.ratio = ratio
+        self.score_fn = None
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        if not self.active or self.score_fn is None:
+            return UniformBatchSampler.draw(self)
+        b = self.batch_size
+        pool = self.indices[self.draw_positions_n(self.ratio * b)]
+        scores, _ = repair_factors(self.score_fn(pool).double().cpu().numpy())
+        scores = np.nan_to_num(scores, nan=0.0)
+        big = len(pool)
+        share = 1.0 - self.smoothing if scores.sum() > 0 else 0.0
+        p = share * (scores / max(scores.sum(), 1e-300)) + (1.0 - share) / big
+        pick = torch.multinomial(torch.from_numpy(p), b, replacement=True, generator=self._generator)
+        return pool[pick], torch.from_numpy(1.0 / (big * p[pick.numpy()])).float()
+
+    def draw_positions_n(self, count: int) -> Tensor:
+        saved, self.batch_size = self.batch_size, count
+        try:
+            return self.draw_positions()
+        finally:
+            self.batch_size = saved

@@ -24,7 +24,7 @@ from seqis.data.registry import DataOptions, load_data
 from seqis.errors import CheckpointError, ConfigError, SeqisError
 from seqis.importance.mining import Miner, MiningConfig
 from seqis.models.rnn import ModelConfig, RecurrentModel
-from seqis.sampling.sampler import ImportanceSampler, UniformBatchSampler
+from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, UniformBatchSampler
 from seqis.training.checkpoint import load_latest, params_sha256, save_checkpoint
 from seqis.training.metrics import MetricsLog
 
@@ -165,14 +165,18 @@ def build(config: TrainConfig, data: SequenceData | None = None):
         sampler = UniformBatchSampler(data.train_idx, config.batch_size, seed=config.seed)
     else:
         mining = MiningConfig(**{**asdict(config.mining), "factor": config.sampler})
-        sampler = ImportanceSampler(
-            data.train_idx,
-            config.batch_size,
-            mining.smoothing,
-            seed=config.seed,
-            dataset_size=len(data),
+        # K&F's gradnorm presamples fresh candidates every step, so its stored factors need
+        # no refresh; the harvested ones still drive the switch.
+        presample = config.sampler == "gradnorm"
+        if presample:
+            mining.refresh_fraction = 0.0
+        kind = PresamplingSampler if presample else ImportanceSampler
+        sampler = kind(
+            data.train_idx, config.batch_size, mining.smoothing, seed=config.seed, dataset_size=len(data)
         )
         miner = Miner(sampler, model, data, mining, device)
+        if presample:
+            sampler.score_fn = miner.score_indices
     return data, device, model, optimizer, sampler, miner
 
 

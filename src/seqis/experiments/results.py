@@ -1,0 +1,138 @@
+"""Regenerate every committed results report: ``make results``.
+
+Each experiment is one ``seqis compare`` race written to ``docs/results/NAME/``; the
+summary table in ``docs/results/README.md`` and in the top-level README (between the
+``results:begin``/``results:end`` markers) is rebuilt from their ``summary.json`` files.
+
+    python -m seqis.experiments.results                 # run all races, then summarise
+    python -m seqis.experiments.results --only digits   # one race
+    python -m seqis.experiments.results --summarize     # tables only, from existing runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+from seqis.cli import main as seqis_main
+
+ROOT = Path(__file__).resolve().parents[3]
+RESULTS = ROOT / "docs" / "results"
+COMMON = ["--samplers", "uniform,fim,gradnorm,loss", "--seeds", "3", "--threads", "1"]
+SMALL_LM = ["--hidden", "128", "--layers", "1", "--batch-size", "32", "--eval-every", "25"]
+EXPERIMENTS: dict[str, list[str]] = {
+    "stdlib": ["--data", "stdlib", *SMALL_LM, "--time-budget", "60"],
+    "shakespeare": ["--data", "shakespeare", *SMALL_LM, "--time-budget", "60"],
+    "shakespeare-lines": ["--data", "shakespeare:lines", *SMALL_LM, "--time-budget", "60"],
+    "japanese-vowels": [
+        "--data",
+        "ucr:JapaneseVowels",
+        "--hidden",
+        "64",
+        "--layers",
+        "1",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "10",
+        "--time-budget",
+        "20",
+    ],
+    "digits": [
+        "--data",
+        "digits",
+        "--hidden",
+        "64",
+        "--layers",
+        "1",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "25",
+        "--time-budget",
+        "40",
+    ],
+}
+
+
+def run(name: str) -> None:
+    out = RESULTS / name
+    if out.exists():
+        shutil.rmtree(out)
+    args = ["compare", *EXPERIMENTS[name], *COMMON, "--out", str(out)]
+    if seqis_main(args) != 0:
+        raise SystemExit(f"experiment {name} failed")
+    # Per-run folders hold checkpoints and TensorBoard logs: keep only what the report cites.
+    for run_dir in (out / "runs").iterdir():
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
+def summarize() -> str:
+    rows = [
+        "| experiment | ceiling (fim) | "
+        + " | ".join(f"fim @{i}" for i in ("30%", "60%", "90%"))
+        + " | gradnorm @90% | loss @90% | fim mining share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in EXPERIMENTS:
+        path = RESULTS / name / "summary.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        targets = [str(t) for t in result["targets"]]
+        fim_runs = [r for r in result["runs"] if r["sampler"] == "fim"]
+        ceil = [r["factor_ceiling"] for r in fim_runs if r["factor_ceiling"]]
+        share = statistics.median(r["mining_share"] for r in fim_runs) if fim_runs else None
+        cells = [_cell(result["speedup"].get("fim", {}).get(t)) for t in targets]
+        last = targets[-1]
+        rows.append(
+            f"| [{name}]({name}/report.md) | {statistics.median(ceil):.2f} | "
+            + " | ".join(cells)
+            + f" | {_cell(result['speedup'].get('gradnorm', {}).get(last))}"
+            + f" | {_cell(result['speedup'].get('loss', {}).get(last))}"
+            + (f" | {share:.1%} |" if share is not None else " | – |")
+        )
+    return "\n".join(rows)
+
+
+def _cell(stat: dict | None) -> str:
+    if not stat or stat["median"] is None:
+        return "n/a"
+    text = f"{stat['median']:.2f} ({stat['min']:.2f}–{stat['max']:.2f})"
+    return text + ("*" if stat["censored"] else "")
+
+
+def write_tables() -> None:
+    table = summarize()
+    note = (
+        "Speedup = uniform's wall-clock time to the target validation loss / the sampler's, "
+        "median (min–max) over 3 seeds; targets are the losses uniform reaches at 30/60/90% of "
+        "its budget. * = at least one run never reached the target (its whole run time was "
+        "used, so the ratio is a bound). Regenerate with `make results`."
+    )
+    (RESULTS / "README.md").write_text(f"# Results\n\n{note}\n\n{table}\n")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = f"<!-- results:begin -->\n{note}\n\n{table}\n<!-- results:end -->"
+    text = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
+    readme.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=list(EXPERIMENTS))
+    parser.add_argument("--summarize", action="store_true", help="rebuild tables only")
+    args = parser.parse_args()
+    if not args.summarize:
+        for name in args.only or EXPERIMENTS:
+            run(name)
+    write_tables()
+
+
+if __name__ == "__main__":
+    main()
