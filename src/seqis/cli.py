@@ -129,6 +129,12 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores, max 4)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="under torchrun: seconds before a dead or stalled rank fails the others",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +223,7 @@ def train_config(args, **overrides):
         out=args.out,
         skip_nonfinite=getattr(args, "skip_nonfinite", False),
         progress=not args.no_progress,
+        dist_timeout=args.dist_timeout,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -227,6 +234,8 @@ def _cmd_train(args) -> int:
     from seqis.training.trainer import train
 
     summary = train(train_config(args), resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 130 if summary["stopped_by"] == "signal" else 0
     out = Path(args.out)
     plot_run(out / "metrics.csv", out / "loss.png", title=f"{args.sampler} on {args.data}")
     ttt = summary["time_to_target_s"]

@@ -36,6 +36,7 @@ from seqis.data.base import SequenceData
 from seqis.importance.factors import FACTORS, HARVESTERS, score
 from seqis.models.rnn import ModelOutput
 from seqis.sampling.sampler import ImportanceSampler
+from seqis.training.distributed import DistContext
 
 
 @dataclass
@@ -81,8 +82,10 @@ class Miner:
         data: SequenceData,
         config: MiningConfig,
         device: torch.device | str = "cpu",
+        ctx: DistContext | None = None,
     ):
         self.sampler, self.model, self.data, self.config = sampler, model, data, config
+        self.ctx = ctx or DistContext()
         self.device = torch.device(device)
         # Sweep order: by length, so a refresh batch has little padding.
         lengths = data.lengths[sampler.indices]
@@ -104,8 +107,10 @@ class Miner:
             factors = score("exact", self.model, self.data.batch(index.cpu()).to(self.device))
         else:
             factors = HARVESTERS[self.config.factor](out)
-        factors = factors.cpu()
-        self.sampler.record(index.cpu(), factors, step)
+        # Every rank records every rank's factors, so all samplers stay identical.
+        index = self.ctx.gather(index.to(factors.device)).cpu()
+        factors = self.ctx.gather(factors).cpu()
+        self.sampler.record(index, factors, step)
         # Normalised by its batch mean, so the gain estimate sees the spread across
         # sequences, not the drift of the factors' scale as the model learns.
         recent = factors.double().numpy()
@@ -147,7 +152,14 @@ class Miner:
         take = torch.arange(self._sweep_cursor, self._sweep_cursor + min(count, n)) % n
         self._sweep_cursor = int(take[-1] + 1) % n
         index = self._sweep[take]
-        self.sampler.record(index, self.score_indices(index), step)
+        if self.ctx.enabled:  # each rank scores its share, then all share the factors
+            per = -(-len(index) // self.ctx.world)
+            index = torch.cat([index, index[-1:].expand(per * self.ctx.world - len(index))])
+            mine = index[self.ctx.rank * per : (self.ctx.rank + 1) * per]
+            factors = self.ctx.gather(self.score_indices(mine).to(self.ctx.comm_device)).cpu()
+        else:
+            factors = self.score_indices(index)
+        self.sampler.record(index, factors, step)
 
     def score_indices(self, index: torch.Tensor) -> torch.Tensor:
         """Factors of dataset sequences ``index`` from a forward-only pass (timed as mining)."""

@@ -12,14 +12,19 @@ COLUMNS = ["step", "wall_time_s", "train_loss", "val_loss", "is_active", "mining
 class MetricsLog:
     """Append-only rows, rewritten whole on resume so the file matches the checkpoint."""
 
-    def __init__(self, out: Path, rows: list[dict] | None = None, tensorboard: bool = True):
+    def __init__(
+        self, out: Path, rows: list[dict] | None = None, tensorboard: bool = True, write: bool = True
+    ):
         self.path = Path(out) / "metrics.csv"
         self.rows: list[dict] = list(rows or [])
+        self.write = write  # False on non-main ranks: rows are kept, no files are written
+        self._tb = None
+        if not write:
+            return
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
-        self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -31,6 +36,8 @@ class MetricsLog:
     def log(self, row: dict) -> None:
         row = {k: row.get(k) for k in COLUMNS}
         self.rows.append(row)
+        if not self.write:
+            return
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, COLUMNS).writerow(row)
         if self._tb is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from seqis.data.base import SequenceData
@@ -25,10 +27,12 @@ from seqis.errors import CheckpointError, ConfigError, SeqisError
 from seqis.importance.mining import Miner, MiningConfig
 from seqis.models.rnn import ModelConfig, RecurrentModel
 from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, UniformBatchSampler
-from seqis.training.checkpoint import load_latest, params_sha256, save_checkpoint
+from seqis.training.checkpoint import checkpoint_dir, load_latest, params_sha256, save_checkpoint
+from seqis.training.distributed import DistContext
 from seqis.training.metrics import MetricsLog
 
 SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact")
+_COLLECTIVE_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|peer|gloo|nccl", re.I)
 
 
 @dataclass
@@ -52,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     out: str = "runs/train"
     skip_nonfinite: bool = False
+    dist_timeout: float = 300.0  # seconds a collective waits for a dead or stalled rank
     progress: bool = True
     tensorboard: bool = True
 
@@ -150,19 +155,25 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def build(config: TrainConfig, data: SequenceData | None = None):
+def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContext | None = None):
     """Data, model, optimizer, sampler and miner for ``config``, seeded."""
+    ctx = ctx or DistContext()
     data = data or load_data(config.data, config.data_options)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
+    torch.manual_seed(config.seed)  # same initial parameters for every sampler and rank
     model = RecurrentModel(data.task, data.input_size, data.num_outputs, config.model).to(device)
+    if ctx.enabled:
+        torch.manual_seed(config.seed * 1_000_003 + ctx.rank)  # per-rank dropout noise
     if config.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    global_batch = config.batch_size * ctx.world
     miner = None
     if config.sampler == "uniform":
-        sampler = UniformBatchSampler(data.train_idx, config.batch_size, seed=config.seed)
+        sampler = UniformBatchSampler(data.train_idx, global_batch, seed=config.seed)
     else:
         mining = MiningConfig(**{**asdict(config.mining), "factor": config.sampler})
         # K&F's gradnorm presamples fresh candidates every step, so its stored factors need
@@ -172,9 +183,9 @@ def build(config: TrainConfig, data: SequenceData | None = None):
             mining.refresh_fraction = 0.0
         kind = PresamplingSampler if presample else ImportanceSampler
         sampler = kind(
-            data.train_idx, config.batch_size, mining.smoothing, seed=config.seed, dataset_size=len(data)
+            data.train_idx, global_batch, mining.smoothing, seed=config.seed, dataset_size=len(data)
         )
-        miner = Miner(sampler, model, data, mining, device)
+        miner = Miner(sampler, model, data, mining, device, ctx)
         if presample:
             sampler.score_fn = miner.score_indices
     return data, device, model, optimizer, sampler, miner
@@ -183,15 +194,36 @@ def build(config: TrainConfig, data: SequenceData | None = None):
 def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = False) -> dict:
     """Train as ``config`` says; write metrics, checkpoints and ``summary.json``; return it."""
     config.validate()
+    ctx = DistContext.from_env(config.device, config.dist_timeout)
+    try:
+        return _train(config, data, resume, ctx)
+    except RuntimeError as e:  # gloo reports timeouts and lost peers as plain RuntimeErrors
+        if not (ctx.enabled and _COLLECTIVE_FAILURE.search(str(e))):
+            raise
+        raise SeqisError(
+            f"rank {ctx.rank}: a collective failed or timed out after {config.dist_timeout:.0f}s "
+            f"(another rank died or stalled): {str(e).splitlines()[0]}"
+        ) from None
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: DistContext) -> dict:
     out = Path(config.out)
-    ensure_writable(out)
-    data, device, model, optimizer, sampler, miner = build(config, data)
+    if ctx.is_main:
+        ensure_writable(out)
+    data, device, model, optimizer, sampler, miner = build(config, data, ctx)
+    net = DistributedDataParallel(model) if ctx.enabled else model
     init_sha = params_sha256(model)
 
-    start_step, clock, rows, skipped, recent_loss = 0, 0.0, [], 0, []
-    time_to_target = None
+    start_step, clock, rows, skipped, recent_loss, time_to_target = 0, 0.0, [], 0, [], None
     if resume:
         state, path = load_latest(out)
+        if state.get("world_size", 1) != ctx.world:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state.get('world_size', 1)} process(es), this "
+                f"run has {ctx.world}; resume with the same number of processes"
+            )
         if state["compat"] != config.compatibility_key():
             raise CheckpointError(
                 f"checkpoint {path} was written with a different configuration "
@@ -202,36 +234,42 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         sampler.load_state_dict(state["sampler"])
         if miner is not None:
             miner.load_state_dict(state["miner"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step, clock, rows = state["step"], state["clock"], state["metrics"]
-        skipped, time_to_target, init_sha = (
-            state["skipped"],
+        torch.set_rng_state(state["torch_rng"][ctx.rank])
+        start_step, clock, rows, skipped = state["step"], state["clock"], state["metrics"], state["skipped"]
+        time_to_target, init_sha, recent_loss = (
             state["time_to_target"],
             state["init_sha"],
+            state["recent_loss"],
         )
-        recent_loss = state["recent_loss"]
-        print(f"resuming from {path} at step {start_step}")
-    metrics = MetricsLog(out, rows, tensorboard=config.tensorboard)
-    if not resume:  # curves start at the initial loss; evaluation draws no random numbers
+        if ctx.is_main:
+            print(f"resuming from {path} at step {start_step}")
+    metrics = MetricsLog(out, rows, tensorboard=config.tensorboard, write=ctx.is_main)
+
+    def log_eval(step: int, train_loss: float | None) -> float:
+        val = evaluate(model, data, device)
         metrics.log(
             {
-                "step": 0,
-                "wall_time_s": 0.0,
-                "val_loss": evaluate(model, data, device),
-                "is_active": 0,
-                "mining_time_s": 0.0,
+                "step": step,
+                "wall_time_s": round(clock, 4),
+                "train_loss": train_loss,
+                "val_loss": val,
+                "is_active": int(getattr(sampler, "active", False)),
+                "mining_time_s": miner.mining_time_s if miner else 0.0,
                 "lr": config.lr,
             }
         )
+        return val
 
     def snapshot(step: int) -> Path:
+        rng = ctx.gather_object(torch.get_rng_state())
         state = {
             "compat": config.compatibility_key(),
+            "world_size": ctx.world,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(),
             "miner": miner.state_dict() if miner else None,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng,
             "step": step,
             "clock": clock,
             "metrics": metrics.rows,
@@ -240,41 +278,43 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
             "init_sha": init_sha,
             "recent_loss": recent_loss,
         }
-        return save_checkpoint(out, step, state, config.keep_checkpoints)
+        path = save_checkpoint(out, step, state, config.keep_checkpoints) if ctx.is_main else None
+        ctx.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
+        return path or checkpoint_dir(out) / f"step-{step:09d}.pt"
 
+    val_loss = rows[-1]["val_loss"] if rows else None
+    if not resume:  # curves start at the initial loss; evaluation draws no random numbers
+        val_loss = log_eval(0, None)
     max_steps = config.steps or math.inf
     budget = config.time_budget or math.inf
     bar = tqdm(
         total=config.steps,
         initial=start_step,
-        disable=not config.progress,
+        disable=not (config.progress and ctx.is_main),
         desc=f"{config.sampler} {config.data}",
         unit="step",
         dynamic_ncols=True,
     )
     step, stopped_by = start_step, "steps"
-    val_loss = rows[-1]["val_loss"] if rows else None
     model.train()
     with _StopSignal() as stop:
         while True:
             if step >= max_steps:
                 stopped_by = "steps"
                 break
-            if clock >= budget:
-                stopped_by = "time_budget"
-                break
-            if stop.received is not None:
-                stopped_by = "signal"
+            if ctx.any(clock >= budget or stop.received is not None):  # every rank stops together
+                stopped_by = "signal" if stop.received is not None else "time_budget"
                 break
             tick = time.perf_counter()
-            index, weights = sampler.draw()
+            index, weights = sampler.draw()  # the global batch; this rank trains on its slice
+            index, weights = ctx.shard(index), ctx.shard(weights)
             batch = data.batch(index).to(device)
-            out_ = model(batch)
-            loss = (weights.to(device) * out_.loss).mean()
+            output = net(batch)
+            loss = (weights.to(device) * output.loss).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            if ctx.any(not (torch.isfinite(loss) and torch.isfinite(grad_norm))):
                 if not config.skip_nonfinite:
                     path = snapshot(step)
                     raise SeqisError(
@@ -286,27 +326,16 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
             else:
                 optimizer.step()
                 if miner is not None:
-                    miner.harvest(batch.index, out_, step)
+                    miner.harvest(batch.index, output, step)
             if miner is not None:
                 miner.after_step(step)
             clock += time.perf_counter() - tick
             step += 1
-            recent_loss.append(float(out_.loss.detach().mean()))
+            recent_loss.append(float(output.loss.detach().mean()))
             bar.update(1)
 
             if step % config.eval_every == 0:
-                val_loss = evaluate(model, data, device)
-                metrics.log(
-                    {
-                        "step": step,
-                        "wall_time_s": round(clock, 4),
-                        "train_loss": float(np.mean(recent_loss)),
-                        "val_loss": val_loss,
-                        "is_active": int(getattr(sampler, "active", False)),
-                        "mining_time_s": miner.mining_time_s if miner else 0.0,
-                        "lr": config.lr,
-                    }
-                )
+                val_loss = log_eval(step, float(np.mean(recent_loss)))
                 recent_loss = []
                 bar.set_postfix(val=f"{val_loss:.4f}", t=f"{clock:.0f}s")
                 if config.target_loss is not None and val_loss <= config.target_loss:
@@ -316,21 +345,12 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
             if step % config.checkpoint_every == 0:
                 snapshot(step)
     bar.close()
-    if not metrics.rows or metrics.rows[-1]["step"] != step:
-        val_loss = evaluate(model, data, device)
-        metrics.log(
-            {
-                "step": step,
-                "wall_time_s": round(clock, 4),
-                "train_loss": float(np.mean(recent_loss)) if recent_loss else None,
-                "val_loss": val_loss,
-                "is_active": int(getattr(sampler, "active", False)),
-                "mining_time_s": miner.mining_time_s if miner else 0.0,
-                "lr": config.lr,
-            }
-        )
+    if metrics.rows[-1]["step"] != step:
+        val_loss = log_eval(step, float(np.mean(recent_loss)) if recent_loss else None)
     metrics.close()
     ckpt = snapshot(step)
+    rank_speeds = ctx.gather_object(step / clock if clock > 0 else None)
+    rank_shas = ctx.gather_object(params_sha256(model))
     summary = {
         "data": config.data,
         "model": config.model.cell,
@@ -342,11 +362,14 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         "target_loss": config.target_loss,
         "time_to_target_s": time_to_target,
         "stopped_by": stopped_by,
-        "steps_per_s": step / clock if clock > 0 else None,
+        "steps_per_s": rank_speeds[0],
         "device": str(device),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "params_sha256": params_sha256(model),
+        "world_size": ctx.world,
+        "rank_steps_per_s": rank_speeds,
+        "rank_params_sha256": rank_shas,
+        "params_sha256": rank_shas[0],
         "init_params_sha256": init_sha,
         "skipped_nonfinite_steps": skipped,
         "data_stats": data.stats(),
@@ -359,7 +382,8 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         summary["gain_history"] = miner.gain_history
     else:
         summary.update(mining_time_s=0.0, mining_share=0.0, is_active_share=0.0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if ctx.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if stopped_by == "signal":
         summary["signal"] = stop.received
     return summary
