@@ -45,7 +45,7 @@ def main() -> None:
         results.append({
             "n": n, "batch": args.batch,
             "draw_ms": 1e3 * best_of(sampler.draw, args.repeats),
-            "update_ms": 1e3 * best_of(lambda s=sampler: s.record(idx, new), args.repeats),
+            "update_ms": 1e3 * best_of(lambda s=sampler, i=idx, f=new: s.record(i, f), args.repeats),
             "uniform_draw_ms": 1e3 * best_of(uniform.draw, args.repeats),
             "record_factors_and_rebuild_s": rebuild_s,
         })

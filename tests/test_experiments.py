@@ -102,3 +102,8 @@ def test_own_loop_example_runs(monkeypatch):
     path = Path(__file__).parents[1] / "examples" / "own_loop.py"
     namespace = runpy.run_path(str(path))
     assert namespace["main"](60) < 3.5
+
+
+def test_auto_targets_stay_distinct_when_uniform_overfits():
+    overfit = _rows([(0, 2.0), (1, 0.5), (30, 0.8), (60, 0.9), (90, 1.0), (100, 1.1)])
+    assert auto_targets([overfit]) == [1.55, 1.1, 0.65]  # 30/60/90% of the way from 2.0 to 0.5

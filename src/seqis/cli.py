@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["seqis", *argv])
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch  # after the thread policy is set
 
@@ -287,7 +289,7 @@ def _cmd_compare(args) -> int:
         samplers,
         args.seeds,
         args.targets,
-        command=" ".join(["seqis"] + sys.argv[1:]),
+        command=args.command_line,
     )
     print(result["table"])
     print(f"report: {Path(args.out) / 'report.md'}")

@@ -48,12 +48,21 @@ def loss_at(rows: list[dict], when: float, key: str = "wall_time_s") -> float:
 
 
 def auto_targets(uniform_runs: list[list[dict]], fractions=FRACTIONS) -> list[float]:
-    """Losses uniform reaches at ~30/60/90% of its budget (median over seeds)."""
+    """Losses uniform reaches at ~30/60/90% of its budget (median over seeds).
+
+    When uniform has stopped improving early (a plateau, or overfitting: validation loss
+    rising again), those losses coincide; then the targets are taken at 30/60/90% of the
+    way from the initial loss to uniform's best, so the race still has three distinct ones.
+    """
     targets = []
     for f in fractions:
         losses = [loss_at(rows, f * rows[-1]["wall_time_s"]) for rows in uniform_runs]
         targets.append(round(statistics.median(losses), 4))
-    return targets
+    if len(set(targets)) == len(targets):
+        return targets
+    start = statistics.median(rows[0]["val_loss"] for rows in uniform_runs)
+    best = statistics.median(min(r["val_loss"] for r in rows) for rows in uniform_runs)
+    return [round(start - f * (start - best), 4) for f in fractions]
 
 
 def speedups(records: list[dict], targets: list[float]) -> dict:
@@ -71,7 +80,7 @@ def speedups(records: list[dict], targets: list[float]) -> dict:
                 if u is None or s is None:
                     continue
                 tu, ts = time_to_target(u["rows"], target), time_to_target(s["rows"], target)
-                if tu is None and ts is None:
+                if (tu is None and ts is None) or tu == 0 or ts == 0:  # 0: met before training
                     unresolved += 1
                     continue
                 if tu is None or ts is None:

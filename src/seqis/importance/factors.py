@@ -44,7 +44,9 @@ def fim_factors(out: ModelOutput) -> Tensor:
     h_aug = torch.cat([hidden, ones], dim=-1)
     b, t, k = delta.shape
     h = h_aug.shape[-1]
-    if t * k * h <= t * t * (k + h):
+    if t == 1:  # classification: the outer product's norm is the product of the norms
+        sq = delta.pow(2).sum((1, 2)) * h_aug.pow(2).sum((1, 2))
+    elif t * k * h <= t * t * (k + h):
         grad = torch.einsum("btk,bth->bkh", delta, h_aug)
         sq = grad.pow(2).sum((1, 2))
     else:

@@ -54,22 +54,28 @@ class SumTree:
         """Set ``values`` at ``leaves`` (duplicates: the last wins) in O(b log N)."""
         nodes = np.asarray(leaves, dtype=np.int64) + self.capacity
         self.tree[nodes] = values
-        nodes = np.unique(nodes >> 1)
-        while nodes.size and nodes[0] >= 1:
+        # Recomputing a parent twice gives the same sum, so duplicate nodes need no dedup.
+        for _ in range(self.depth):
+            nodes >>= 1
             self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
-            if nodes[0] == 1:
-                break
-            nodes = np.unique(nodes >> 1)
 
     def find(self, u: np.ndarray) -> np.ndarray:
         """Leaves whose cumulative range holds each ``u``; never a zero-score leaf."""
         u = np.array(u, dtype=np.float64)
         node = np.ones(len(u), dtype=np.int64)
+        tree = self.tree
         for _ in range(self.depth):
-            left = 2 * node
-            left_val, right_val = self.tree[left], self.tree[left + 1]
-            # Rounding can push u past a subtree's sum; never step into an empty subtree.
-            go_right = ((u >= left_val) & (right_val > 0)) | (left_val <= 0)
-            u = np.where(go_right, u - left_val, np.minimum(u, left_val))
-            node = left + go_right
-        return node - self.capacity
+            node <<= 1
+            left = tree[node]
+            go_right = u >= left
+            u -= left * go_right
+            node += go_right
+        leaf = node - self.capacity
+        # Rounding can carry u past a subtree's sum onto an empty leaf (or past the last
+        # leaf); such rare draws take the nearest leaf with a positive score instead.
+        bad = (leaf >= self.size) | (self.tree[np.minimum(node, len(tree) - 1)] <= 0)
+        if bad.any():
+            positive = np.flatnonzero(self.values > 0)
+            nearest = np.clip(np.searchsorted(positive, leaf[bad]), 0, len(positive) - 1)
+            leaf[bad] = positive[nearest]
+        return leaf
