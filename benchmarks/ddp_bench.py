@@ -22,11 +22,38 @@ def free_port() -> int:
 
 
 def train(nproc: int, data: str, steps: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "seqis.cli", "train", "--data", data, "--sampler", "fim", "--always-on",
-           "--steps", str(steps), "--threads", "1", "--no-progress", "--eval-every", str(steps),
-           "--hidden", "128", "--layers", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "seqis.cli",
+        "train",
+        "--data",
+        data,
+        "--sampler",
+        "fim",
+        "--always-on",
+        "--steps",
+        str(steps),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--eval-every",
+        str(steps),
+        "--hidden",
+        "128",
+        "--layers",
+        "1",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
     return json.loads((out / "summary.json").read_text())
 
@@ -65,22 +92,47 @@ def main() -> None:
         one = train(1, args.data, args.steps, Path(tmp) / "one")
         two = train(2, args.data, args.steps, Path(tmp) / "two")
     exchange = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-         "127.0.0.1", "--master_port", str(free_port()), __file__, "--worker", "--batch", str(args.batch)],
-        check=True, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            __file__,
+            "--worker",
+            "--batch",
+            str(args.batch),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     exchange_ms = json.loads(exchange.stdout.strip().splitlines()[-1])["exchange_ms_per_step"]
     seq_per_s_1 = one["steps_per_s"] * 64
     seq_per_s_2 = min(two["rank_steps_per_s"]) * 64 * 2
-    print(json.dumps({
-        "benchmark": "ddp", "data": args.data, "steps": args.steps, "threads_per_process": 1,
-        "one_process_steps_per_s": one["steps_per_s"],
-        "two_process_rank_steps_per_s": two["rank_steps_per_s"],
-        "sequences_per_s": {"1": seq_per_s_1, "2": seq_per_s_2},
-        "scaling_2_vs_1": seq_per_s_2 / seq_per_s_1,
-        "factor_exchange_ms_per_step": exchange_ms,
-        "factor_exchange_share_of_step": exchange_ms / 1e3 * min(two["rank_steps_per_s"]),
-        "ranks_identical": len(set(two["rank_params_sha256"])) == 1,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ddp",
+                "data": args.data,
+                "steps": args.steps,
+                "threads_per_process": 1,
+                "one_process_steps_per_s": one["steps_per_s"],
+                "two_process_rank_steps_per_s": two["rank_steps_per_s"],
+                "sequences_per_s": {"1": seq_per_s_1, "2": seq_per_s_2},
+                "scaling_2_vs_1": seq_per_s_2 / seq_per_s_1,
+                "factor_exchange_ms_per_step": exchange_ms,
+                "factor_exchange_share_of_step": exchange_ms / 1e3 * min(two["rank_steps_per_s"]),
+                "ranks_identical": len(set(two["rank_params_sha256"])) == 1,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,19 @@ from seqis.training.trainer import TrainConfig, train
 
 def run(data, spec, sampler, steps, seed, mining, model):
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(data=spec, sampler=sampler, steps=steps, eval_every=10**9,
-                          checkpoint_every=10**9, seed=seed, out=out, progress=False,
-                          tensorboard=False, mining=mining, model=model)
+        cfg = TrainConfig(
+            data=spec,
+            sampler=sampler,
+            steps=steps,
+            eval_every=10**9,
+            checkpoint_every=10**9,
+            seed=seed,
+            out=out,
+            progress=False,
+            tensorboard=False,
+            mining=mining,
+            model=model,
+        )
         return train(cfg, data=data)
 
 
@@ -54,15 +64,28 @@ def main() -> None:
                 speed[name].append(s["steps_per_s"])
                 share[name].append(s["mining_share"])
         uni = float(np.median(speed["uniform"]))
-        entry = {"data": spec, "steps": args.steps, "rounds": args.rounds,
-                 "threads": args.threads, "uniform_steps_per_s": uni}
+        entry = {
+            "data": spec,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "uniform_steps_per_s": uni,
+        }
         for name in ("fim_switch", "fim_always_on"):
             entry[f"{name}_steps_per_s"] = float(np.median(speed[name]))
             entry[f"{name}_overhead"] = uni / float(np.median(speed[name])) - 1.0
             entry[f"{name}_mining_share"] = float(np.median(share[name]))
         report.append(entry)
-    print(json.dumps({"benchmark": "mining", "results": report,
-                      "targets": {"mining_share": 0.05, "per_step_overhead": 0.02}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "mining",
+                "results": report,
+                "targets": {"mining_share": 0.05, "per_step_overhead": 0.02},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

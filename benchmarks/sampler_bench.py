@@ -42,19 +42,28 @@ def main() -> None:
         idx = torch.randint(0, n, (args.batch,))
         new = torch.rand(args.batch)
         uniform = ImportanceSampler(torch.arange(n), args.batch, seed=0)
-        results.append({
-            "n": n, "batch": args.batch,
-            "draw_ms": 1e3 * best_of(sampler.draw, args.repeats),
-            "update_ms": 1e3 * best_of(lambda s=sampler, i=idx, f=new: s.record(i, f), args.repeats),
-            "uniform_draw_ms": 1e3 * best_of(uniform.draw, args.repeats),
-            "record_factors_and_rebuild_s": rebuild_s,
-        })
+        results.append(
+            {
+                "n": n,
+                "batch": args.batch,
+                "draw_ms": 1e3 * best_of(sampler.draw, args.repeats),
+                "update_ms": 1e3 * best_of(lambda s=sampler, i=idx, f=new: s.record(i, f), args.repeats),
+                "uniform_draw_ms": 1e3 * best_of(uniform.draw, args.repeats),
+                "record_factors_and_rebuild_s": rebuild_s,
+            }
+        )
     target = next((r for r in results if r["n"] == 10_000_000), None)
-    print(json.dumps({
-        "benchmark": "sampler", "results": results,
-        "target_draw_ms_at_1e7": 1.0,
-        "meets_target": None if target is None else target["draw_ms"] <= 1.0,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "sampler",
+                "results": results,
+                "target_draw_ms_at_1e7": 1.0,
+                "meets_target": None if target is None else target["draw_ms"] <= 1.0,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

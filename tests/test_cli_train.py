@@ -68,6 +68,7 @@ def test_train_writes_contract(tmp_path):
     assert s["steps"] == 60 and s["time_to_target_s"] is None and len(s["params_sha256"]) == 64
     assert (out / "metrics.csv").read_text().startswith("step,wall_time_s,train_loss,val_loss")
     assert (out / "loss.png").stat().st_size > 1000
+    assert any((out / "tensorboard").iterdir())  # event files, since tensorboard is installed
     assert list_checkpoints(out)
 
 

@@ -130,3 +130,9 @@ def test_unknown_specs(spec):
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize("spec", ["stdlib:lines", "shakespeare:lines", "shakespeare:words"])
+def test_builtin_line_and_word_variants(spec):
+    data = load_data(spec, DataOptions(seq_len=40, max_chars=30_000))
+    assert data.task == LM and data.lengths.min() < data.lengths.max() <= 40

@@ -95,6 +95,15 @@ def test_diagnose_end_to_end(tmp_path, capsys):
     assert report["ceiling"] >= 1.0 and report["cost_ratio"] > 0
     assert (out / "factors.png").stat().st_size > 500
     assert "ceiling" in capsys.readouterr().out
+    # judge an existing run's checkpoint instead of training again
+    again = tmp_path / "again"
+    assert (
+        main(["diagnose", "--data", "digits:rows", "--checkpoint", str(out), "--out", str(again), *TINY]) == 0
+    )
+    assert json.loads((again / "diagnosis.json").read_text())["trained_steps"] == 60
+    wrong = ["diagnose", "--data", "digits:rows", "--checkpoint", str(out), "--out", str(again)]
+    assert main([*wrong, *TINY[2:], "--hidden", "32", "--layers", "1"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
 
 
 def test_own_loop_example_runs(monkeypatch):

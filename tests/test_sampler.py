@@ -169,3 +169,17 @@ def test_weighted_gradient_is_unbiased_and_less_noisy():
     var_is = (g_is - full).pow(2).sum(1).mean()
     var_uni = (g_uni - full).pow(2).sum(1).mean()
     assert var_is < var_uni
+
+
+def test_uniform_shards_match_distributed_sampler_semantics():
+    from seqis.training.distributed import DistContext
+
+    world, b = 2, 5
+    sampler = UniformBatchSampler(torch.arange(40), batch_size=b * world, seed=4)
+    per_rank = {r: [] for r in range(world)}
+    for _ in range(4):  # one epoch of 40 sequences
+        batch, _ = sampler.draw()
+        for r in range(world):
+            per_rank[r] += DistContext(rank=r, world=world).shard(batch).tolist()
+    assert not set(per_rank[0]) & set(per_rank[1])  # no sequence trained twice in the epoch
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(40))

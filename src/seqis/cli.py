@@ -19,34 +19,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"seqis: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _checked(parse, valid, expected: str):
+    """An argparse type: ``parse`` the text, then require ``valid(value)``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+_fraction = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +96,7 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
     p.add_argument("--clip", type=_positive_float, default=1.0)
     p.add_argument("--eval-every", type=_positive_int, default=50)
     p.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    p.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="newest K kept")
     p.add_argument(
         "--smoothing",
         type=_fraction,
@@ -151,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagnose", help="tell whether importance sampling can pay on this data")
     _add_train_args(p)
+    p.add_argument(
+        "--checkpoint",
+        metavar="RUN_DIR",
+        help="judge the newest checkpoint of this run instead of training briefly",
+    )
 
     p = sub.add_parser("compare", help="race samplers on the same data, seeds and budget")
     _add_train_args(p, single_run=False)
@@ -220,6 +216,7 @@ def train_config(args, **overrides):
         clip=args.clip,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
         seed=getattr(args, "seed", 0),
         device=args.device,
         out=args.out,
@@ -274,7 +271,7 @@ def _cmd_diagnose(args) -> int:
     from seqis.experiments.diagnose import diagnose
 
     sampler = args.sampler if args.sampler != "uniform" else "fim"
-    report = diagnose(train_config(args, sampler=sampler), args.steps)
+    report = diagnose(train_config(args, sampler=sampler), args.steps, checkpoint=args.checkpoint)
     print(report["verdict"])
     print(f"details: {Path(args.out) / 'diagnosis.json'}, histogram: {report['histogram']}")
     return 0

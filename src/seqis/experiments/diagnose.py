@@ -17,23 +17,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqis.errors import CheckpointError
 from seqis.experiments.plots import plot_histogram
 from seqis.importance.factors import score
 from seqis.importance.mining import ceiling, estimated_gain
 from seqis.training.checkpoint import load_latest
-from seqis.training.trainer import TrainConfig, build, train
+from seqis.training.trainer import TrainConfig, build, evaluate, train
 
 
-def diagnose(config: TrainConfig, steps: int | None = None, sample: int = 2048) -> dict:
+def diagnose(
+    config: TrainConfig, steps: int | None = None, sample: int = 2048, checkpoint: str | None = None
+) -> dict:
+    """Train briefly (or load the newest checkpoint of run ``checkpoint``), then judge."""
     config = replace(
         config,
         steps=steps or config.steps or (None if config.time_budget else 300),
         mining=replace(config.mining, always_on=False),
     )
-    summary = train(config)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        summary = train(config)
+        trained_steps, train_per_seq = (
+            summary["steps"],
+            (summary["wall_time_s"] / max(1, summary["steps"] * config.batch_size)),
+        )
+        final_val = summary["final_val_loss"]
     data, device, model, *_ = build(config)
-    state, _ = load_latest(Path(config.out))
-    model.load_state_dict(state["model"])
+    state, path = load_latest(Path(checkpoint or config.out))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (--model, --hidden, --layers, --embed, --data)"
+        ) from None
+    if checkpoint is not None:
+        trained_steps, final_val = state["step"], evaluate(model, data, device)
+        train_per_seq = _time_training_step(model, data, config.batch_size, device)
     model.eval()
 
     g = torch.Generator().manual_seed(config.seed)
@@ -42,7 +61,6 @@ def diagnose(config: TrainConfig, steps: int | None = None, sample: int = 2048) 
     start = time.perf_counter()
     factors = torch.cat([score(config.sampler, model, data.batch(c).to(device)).cpu() for c in chunks])
     score_per_seq = (time.perf_counter() - start) / len(pool)
-    train_per_seq = summary["wall_time_s"] / max(1, summary["steps"] * config.batch_size)
     cost_ratio = score_per_seq / train_per_seq
 
     s = factors.double().numpy()
@@ -70,8 +88,8 @@ def diagnose(config: TrainConfig, steps: int | None = None, sample: int = 2048) 
     report = {
         "data": config.data,
         "factor": config.sampler,
-        "trained_steps": summary["steps"],
-        "final_val_loss": summary["final_val_loss"],
+        "trained_steps": trained_steps,
+        "final_val_loss": final_val,
         "sampled_sequences": len(pool),
         "factor_mean": float(s.mean()),
         "factor_std": float(s.std()),
@@ -90,3 +108,16 @@ def diagnose(config: TrainConfig, steps: int | None = None, sample: int = 2048) 
     (Path(config.out) / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
     np.save(Path(config.out) / "factors.npy", s)
     return report
+
+
+def _time_training_step(model, data, batch_size: int, device, repeats: int = 5) -> float:
+    """Seconds per sequence of forward + backward (no optimizer step: weights stay as loaded)."""
+    model.train()
+    index = data.train_idx[:batch_size]
+    batch = data.batch(index).to(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        model(batch).loss.mean().backward()
+    model.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / (repeats * len(index))

@@ -19,10 +19,7 @@ def plot_run(metrics_csv: Path, png: Path, title: str = "") -> Path:
     ax.plot([r["wall_time_s"] for r in rows], [r["val_loss"] for r in rows], marker=".")
     ax.set(xlabel="training wall-clock (s)", ylabel="validation loss", title=title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def plot_race(
@@ -51,10 +48,7 @@ def plot_race(
     )
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def _step_interp(grid: np.ndarray, xs: list[float], ys: list[float]) -> np.ndarray:
@@ -88,10 +82,7 @@ def plot_speedups(speedup: dict[str, dict[str, dict]], png: Path, title: str) ->
     ax.set_xticks(np.arange(len(targets)) + width * (len(samplers) - 1) / 2, targets)
     ax.set(xlabel="target validation loss", ylabel="speedup vs uniform (time)", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
@@ -100,6 +91,10 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
     ax.axvline(float(np.mean(factors)), color="black", ls="--", label="mean")
     ax.set(xlabel="importance factor", ylabel="sequences", title=title)
     ax.legend()
+    return _save(fig, png)
+
+
+def _save(fig, png: Path) -> Path:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

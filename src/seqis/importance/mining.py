@@ -4,7 +4,8 @@ Three mechanisms, each chosen so the mining cost survives a wall-clock compariso
 
 - **Harvest.** A training step already ran the forward pass of the sequences it drew;
   their factors are computed from that pass's logits and hidden states (no extra
-  forward, no per-sample backward).
+  forward, no per-sample backward). While importance sampling is off, only
+  ``switch_sample`` (4) sequences a step are scored: the switch needs a sample, not all.
 - **Refresh.** Factors go stale as the model learns. While importance sampling is on,
   a sweep re-scores ``refresh_fraction`` sequences per trained sequence in batched
   forward-only passes, in length order so batches carry little padding. A forward pass
@@ -50,6 +51,7 @@ class MiningConfig:
     min_gain: float = 1.2  # switch on when the estimated gain reaches this
     check_every: int = 50  # steps between switch decisions (and O(N) tree rebuilds)
     warmup_steps: int = 50  # uniform steps before the first decision
+    switch_sample: int = 4  # sequences harvested per step while IS is off (the gain estimate's sample)
     always_on: bool = False  # skip the switch (for experiments)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,7 @@ class Miner:
         self._sweep_cursor = 0
         self._refresh_credit = 0.0
         self._recent: deque[np.ndarray] = deque(maxlen=max(1, config.check_every))
+        self._scale: float | None = None
         self.mining_time_s = 0.0  # refresh and switch: work outside the training step
         self.harvest_time_s = 0.0  # factor arithmetic inside the step, on its forward pass
         self.active_steps = 0
@@ -103,6 +106,10 @@ class Miner:
     def harvest(self, index: torch.Tensor, out: ModelOutput, step: int) -> None:
         """Record factors of the sequences just trained on, from their own forward pass."""
         start = time.perf_counter()
+        if not self.sampler.active and len(index) > self.config.switch_sample:
+            # Nothing is drawn from the factors while IS is off; the switch needs only a
+            # uniform sample of them, and the rest of the harvest would be pure overhead.
+            index, out = index[: self.config.switch_sample], out.head(self.config.switch_sample)
         if self.config.factor == "exact":
             factors = score("exact", self.model, self.data.batch(index.cpu()).to(self.device))
         else:
@@ -111,12 +118,14 @@ class Miner:
         index = self.ctx.gather(index.to(factors.device)).cpu()
         factors = self.ctx.gather(factors).cpu()
         self.sampler.record(index, factors, step)
-        # Normalised by its batch mean, so the gain estimate sees the spread across
-        # sequences, not the drift of the factors' scale as the model learns.
+        # Divided by a moving average of the factors' scale (~3 steps), so the gain estimate
+        # sees the spread across sequences, not the drift of the scale as the model learns.
         recent = factors.double().numpy()
         recent = recent[np.isfinite(recent) & (recent >= 0)]
         if recent.size and recent.mean() > 0:
-            self._recent.append(recent / recent.mean())
+            mean = float(recent.mean())
+            self._scale = mean if self._scale is None else 0.7 * self._scale + 0.3 * mean
+            self._recent.append(recent / self._scale)
         self.harvest_time_s += time.perf_counter() - start
 
     def after_step(self, step: int) -> None:
@@ -194,6 +203,7 @@ class Miner:
             "sweep_cursor": self._sweep_cursor,
             "refresh_credit": self._refresh_credit,
             "recent": list(self._recent),
+            "scale": self._scale,
             "mining_time_s": self.mining_time_s,
             "harvest_time_s": self.harvest_time_s,
             "active_steps": self.active_steps,
@@ -206,6 +216,7 @@ class Miner:
         self._refresh_credit = state["refresh_credit"]
         self._recent.clear()
         self._recent.extend(state["recent"])
+        self._scale = state["scale"]
         self.mining_time_s = state["mining_time_s"]
         self.harvest_time_s = state["harvest_time_s"]
         self.active_steps = state["active_steps"]

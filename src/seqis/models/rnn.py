@@ -34,6 +34,10 @@ class ModelOutput:
     mask: Tensor
     loss: Tensor
 
+    def head(self, k: int) -> ModelOutput:
+        """The first ``k`` sequences' outputs."""
+        return ModelOutput(self.logits[:k], self.hidden[:k], self.targets[:k], self.mask[:k], self.loss[:k])
+
 
 @dataclass
 class ModelConfig:
