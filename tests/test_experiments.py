@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from seqis.cli import main
-from seqis.experiments.compare import auto_targets, speedups, time_to_target
+from seqis.experiments.compare import auto_targets, speedups, time_to_target, write_report
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 
@@ -19,6 +19,8 @@ def test_time_to_target_first_crossing():
     rows = _rows([(0, 3.0), (1, 2.0), (2, 2.5), (3, 1.0)])
     assert time_to_target(rows, 2.0) == 1
     assert time_to_target(rows, 0.5) is None
+    rows[1]["step"] = 50
+    assert time_to_target(rows, 2.0, key="step") == 50
 
 
 def test_speedups_paired_by_seed_with_censoring():
@@ -81,7 +83,12 @@ def test_compare_end_to_end(tmp_path):
     for name in ("report.md", "loss_vs_time.png", "loss_vs_steps.png", "speedups.png"):
         assert (out / name).stat().st_size > 500, name
     report = (out / "report.md").read_text()
-    assert "| fim |" in report and "ceiling" in report
+    assert "| fim |" in report and "ceiling" in report and "training steps" in report
+    assert set(summary["step_speedup"]) == {"fim", "loss"}
+    # the report can be rebuilt from the run folders alone
+    (out / "report.md").unlink()
+    rebuilt = write_report(out)
+    assert rebuilt["speedup"] == summary["speedup"] and (out / "report.md").exists()
     seeds = {}
     for r in summary["runs"]:
         seeds.setdefault(r["seed"], set()).add(r["init_params_sha256"])

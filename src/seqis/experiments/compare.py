@@ -34,10 +34,11 @@ from seqis.training.trainer import TrainConfig, train
 FRACTIONS = (0.3, 0.6, 0.9)
 
 
-def time_to_target(rows: list[dict], target: float) -> float | None:
+def time_to_target(rows: list[dict], target: float, key: str = "wall_time_s") -> float | None:
+    """The clock (``wall_time_s`` or ``step``) of the first validation at or below ``target``."""
     for row in rows:
         if row["val_loss"] is not None and row["val_loss"] <= target:
-            return row["wall_time_s"]
+            return row[key]
     return None
 
 
@@ -65,8 +66,13 @@ def auto_targets(uniform_runs: list[list[dict]], fractions=FRACTIONS) -> list[fl
     return [round(start - f * (start - best), 4) for f in fractions]
 
 
-def speedups(records: list[dict], targets: list[float]) -> dict:
-    """``speedup[sampler][target]``: uniform's time-to-target / the sampler's, paired by seed."""
+def speedups(records: list[dict], targets: list[float], key: str = "wall_time_s") -> dict:
+    """``speedup[sampler][target]``: uniform's time-to-target / the sampler's, paired by seed.
+
+    With ``key="step"`` the same in training steps: the algorithmic gain, free of per-step
+    cost and of timing noise.
+    """
+    total = {"wall_time_s": "wall_time_s", "step": "steps"}[key]
     by_seed = {(r["sampler"], r["seed"]): r for r in records}
     samplers = sorted({r["sampler"] for r in records} - {"uniform"})
     seeds = sorted({r["seed"] for r in records})
@@ -79,14 +85,14 @@ def speedups(records: list[dict], targets: list[float]) -> dict:
                 u, s = by_seed.get(("uniform", seed)), by_seed.get((sampler, seed))
                 if u is None or s is None:
                     continue
-                tu, ts = time_to_target(u["rows"], target), time_to_target(s["rows"], target)
+                tu, ts = time_to_target(u["rows"], target, key), time_to_target(s["rows"], target, key)
                 if (tu is None and ts is None) or tu == 0 or ts == 0:  # 0: met before training
                     unresolved += 1
                     continue
                 if tu is None or ts is None:
                     censored += 1
-                tu = tu if tu is not None else u["wall_time_s"]
-                ts = ts if ts is not None else s["wall_time_s"]
+                tu = tu if tu is not None else u[total]
+                ts = ts if ts is not None else s[total]
                 ratios.append(tu / ts)
             result[sampler][str(target)] = {
                 "median": statistics.median(ratios) if ratios else None,
@@ -143,37 +149,64 @@ def compare(
         elapsed = time.perf_counter() - started
         bar.set_postfix_str(f"~{elapsed / (i + 1) * (len(runs) - i - 1):.0f}s left")
     bar.close()
-    init = {}
-    for r in records:
-        init.setdefault(r["seed"], set()).add(r["init_params_sha256"])
-    if any(len(v) > 1 for v in init.values()):
-        raise RuntimeError("samplers of one seed started from different parameters")
-
-    uniform_rows = [r["rows"] for r in records if r["sampler"] == "uniform"]
-    target_list = auto_targets(uniform_rows) if targets == "auto" else _parse_targets(targets)
-    speed = speedups(records, target_list)
-    result = {
+    meta = {
         "command": command,
         "machine": machine(),
         "data": base.data,
+        "model": base.model.cell,
         "samplers": samplers,
         "seeds": seeds,
         "time_budget": base.time_budget,
         "steps": base.steps,
+        "targets": targets,
+    }
+    (out / "race.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return write_report(out)
+
+
+def load_runs(out: Path) -> list[dict]:
+    """Run records (summary fields plus metrics rows) from ``out/runs/*``."""
+    records = []
+    for run_dir in sorted((Path(out) / "runs").iterdir()):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        records.append({**_record(summary), "rows": read_metrics(run_dir / "metrics.csv")})
+    return records
+
+
+def write_report(out: Path) -> dict:
+    """Targets, speedups, plots, ``summary.json`` and ``report.md`` from a race's run folders."""
+    out = Path(out)
+    meta = json.loads((out / "race.json").read_text())
+    records = load_runs(out)
+    init: dict = {}
+    for r in records:
+        init.setdefault(r["seed"], set()).add(r["init_params_sha256"])
+    if any(len(v) > 1 for v in init.values()):
+        raise RuntimeError("samplers of one seed started from different parameters")
+    samplers = meta["samplers"]
+    uniform_rows = [r["rows"] for r in records if r["sampler"] == "uniform"]
+    spec = meta["targets"]
+    target_list = auto_targets(uniform_rows) if spec == "auto" else _parse_targets(spec)
+    speed = speedups(records, target_list)
+    result = {
+        **meta,
+        "targets_spec": spec,
         "targets": target_list,
         "speedup": speed,
+        "step_speedup": speedups(records, target_list, key="step"),
         "runs": [{k: v for k, v in r.items() if k != "rows"} for r in records],
     }
-    for r in result["runs"]:
-        rows = next(x["rows"] for x in records if x["sampler"] == r["sampler"] and x["seed"] == r["seed"])
-        r["time_to_target"] = {str(t): time_to_target(rows, t) for t in target_list}
+    for r, rec in zip(result["runs"], records, strict=True):
+        r["time_to_target"] = {str(t): time_to_target(rec["rows"], t) for t in target_list}
+        r["steps_to_target"] = {str(t): time_to_target(rec["rows"], t, "step") for t in target_list}
     curves = {s: [r["rows"] for r in records if r["sampler"] == s] for s in samplers}
-    title = f"{base.data}, {base.model.cell}, {seeds} seeds"
+    title = f"{meta['data']}, {meta['model']}, {meta['seeds']} seeds"
     plot_race(curves, "wall_time_s", out / "loss_vs_time.png", title, target_list)
     plot_race(curves, "step", out / "loss_vs_steps.png", title, target_list)
     if speed:
         plot_speedups(speed, out / "speedups.png", title)
-    result["table"] = table(result)
+    result["table"] = table(result, "speedup")
+    result["step_table"] = table(result, "step_speedup")
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (out / "report.md").write_text(report(result))
     return result
@@ -217,13 +250,13 @@ def _fmt(stat: dict) -> str:
     return text + (f" [{stat['censored']} censored]" if stat["censored"] else "")
 
 
-def table(result: dict) -> str:
+def table(result: dict, key: str = "speedup") -> str:
     targets = [str(t) for t in result["targets"]]
     lines = [
         "| sampler | " + " | ".join(f"target {t}" for t in targets) + " |",
         "|---|" + "---|" * len(targets),
     ]
-    for sampler, per_target in result["speedup"].items():
+    for sampler, per_target in result[key].items():
         lines.append(f"| {sampler} | " + " | ".join(_fmt(per_target[t]) for t in targets) + " |")
     return "\n".join(lines)
 
@@ -268,6 +301,12 @@ within its budget; its time was taken as the whole run, so the ratio is a bound.
 Targets: {", ".join(str(t) for t in result["targets"])} (validation loss).
 
 {result["table"]}
+
+The same in training steps (steps-to-target ratio): the algorithmic effect alone, free of
+per-step cost and of timing noise. While the switch keeps a run uniform it draws exactly
+uniform's batches, so its step ratio is 1.00.
+
+{result["step_table"]}
 
 ## Runs (medians over seeds)
 

@@ -6,7 +6,7 @@ summary table in ``docs/results/README.md`` and in the top-level README (between
 
     python -m seqis.experiments.results                 # run all races, then summarise
     python -m seqis.experiments.results --only digits   # one race
-    python -m seqis.experiments.results --summarize     # tables only, from existing runs
+    python -m seqis.experiments.results --summarize     # reports and tables from existing runs
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from seqis.cli import main as seqis_main
+from seqis.experiments.compare import write_report
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -52,30 +53,30 @@ def run(name: str) -> None:
 
 
 def summarize() -> str:
-    rows = [
-        "| experiment | ceiling (fim) | "
-        + " | ".join(f"fim @{i}" for i in ("30%", "60%", "90%"))
-        + " | gradnorm @90% | loss @90% | fim mining share |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = (
+        "| experiment | ceiling (fim) | fim time @30% | fim time @60% | fim time @90% "
+        "| fim steps @90% | gradnorm time @90% | loss time @90% | fim IS active | fim mining |"
+    )
+    rows = [header, "|---" * 10 + "|"]
     for name in EXPERIMENTS:
         path = RESULTS / name / "summary.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         targets = [str(t) for t in result["targets"]]
+        last = targets[-1]
         fim_runs = [r for r in result["runs"] if r["sampler"] == "fim"]
         ceil = [r["factor_ceiling"] for r in fim_runs if r["factor_ceiling"]]
-        share = statistics.median(r["mining_share"] for r in fim_runs) if fim_runs else None
-        cells = [_cell(result["speedup"].get("fim", {}).get(t)) for t in targets]
-        last = targets[-1]
-        rows.append(
-            f"| [{name}]({name}/report.md) | {statistics.median(ceil):.2f} | "
-            + " | ".join(cells)
-            + f" | {_cell(result['speedup'].get('gradnorm', {}).get(last))}"
-            + f" | {_cell(result['speedup'].get('loss', {}).get(last))}"
-            + (f" | {share:.1%} |" if share is not None else " | – |")
-        )
+        cells = [
+            f"{statistics.median(ceil):.2f}" if ceil else "–",
+            *(_cell(result["speedup"].get("fim", {}).get(t)) for t in targets),
+            _cell(result["step_speedup"].get("fim", {}).get(last)),
+            _cell(result["speedup"].get("gradnorm", {}).get(last)),
+            _cell(result["speedup"].get("loss", {}).get(last)),
+            f"{statistics.median(r['is_active_share'] for r in fim_runs):.0%}" if fim_runs else "–",
+            f"{statistics.median(r['mining_share'] for r in fim_runs):.1%}" if fim_runs else "–",
+        ]
+        rows.append(f"| [{name}]({name}/report.md) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -89,10 +90,12 @@ def _cell(stat: dict | None) -> str:
 def write_tables() -> None:
     table = summarize()
     note = (
-        "Speedup = uniform's wall-clock time to the target validation loss / the sampler's, "
-        "median (min–max) over 3 seeds; targets are the losses uniform reaches at 30/60/90% of "
-        "its budget. * = at least one run never reached the target (its whole run time was "
-        "used, so the ratio is a bound). Regenerate with `make results`."
+        "Speedup = uniform's wall-clock time to a target validation loss / the sampler's, median "
+        "(min–max) over 3 seeds, paired by seed; above 1 is faster. Targets are the losses uniform "
+        "reaches at 30/60/90% of its budget. 'fim steps' is the same ratio in training steps (the "
+        "algorithmic effect without per-step cost or timing noise). * = a run missed the target "
+        "within its budget; its whole run time was used, so the ratio is a bound. Regenerate with "
+        "`make results` (or `python -m seqis.experiments.results --summarize` from existing runs)."
     )
     (RESULTS / "README.md").write_text(f"# Results\n\n{note}\n\n{table}\n")
     readme = ROOT / "README.md"
@@ -102,12 +105,25 @@ def write_tables() -> None:
     readme.write_text(text)
 
 
+def rebuild_reports() -> None:
+    """Rewrite each race's report, plots and summary from its run folders (no training)."""
+    for name in EXPERIMENTS:
+        if (RESULTS / name / "race.json").exists():
+            write_report(RESULTS / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=list(EXPERIMENTS))
-    parser.add_argument("--summarize", action="store_true", help="rebuild tables only")
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="rebuild reports and tables from existing runs, without training",
+    )
     args = parser.parse_args()
-    if not args.summarize:
+    if args.summarize:
+        rebuild_reports()
+    else:
         for name in args.only or EXPERIMENTS:
             run(name)
     write_tables()
