@@ -1,11 +1,12 @@
 """Mining share and per-step overhead of `fim` vs `uniform`, measured in one run. Prints JSON.
 
 Targets (issue #3): mining <= 5% of wall time; per-step overhead of the sampler and
-weighting <= 2% (with importance sampling forced on, the worst case; with the switch off
-the overhead is the harvest alone). Uniform and fim alternate in short rounds so that
-machine noise hits both alike; ratios are taken within the run.
+weighting <= 2%. Three modes: uniform; fim with the switch (on data where the switch stays
+off, the overhead is the 4-sequence harvest alone); fim forced on (the worst case: full
+harvest, tree updates, refresh). Modes alternate in short rounds so that machine noise hits
+them alike; ratios are taken within the run.
 
-Run: python benchmarks/mining_bench.py [--data stdlib,ucr:JapaneseVowels] [--steps 60]
+Run: python benchmarks/mining_bench.py [--data stdlib,ucr:JapaneseVowels] [--hidden 256 --layers 2]
 """
 
 import argparse
@@ -20,13 +21,20 @@ from seqis.importance.mining import MiningConfig
 from seqis.models.rnn import ModelConfig
 from seqis.training.trainer import TrainConfig, train
 
+MODES = {
+    "uniform": ("uniform", MiningConfig()),
+    "fim_switch": ("fim", MiningConfig()),
+    "fim_always_on": ("fim", MiningConfig(always_on=True, warmup_steps=1, check_every=10)),
+}
 
-def run(data, spec, sampler, steps, seed, mining, model):
+
+def steps_per_s(data, spec, sampler, mining, args, seed) -> tuple[float, float]:
+    model = ModelConfig(hidden_size=args.hidden, num_layers=args.layers)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(
             data=spec,
             sampler=sampler,
-            steps=steps,
+            steps=args.steps,
             eval_every=10**9,
             checkpoint_every=10**9,
             seed=seed,
@@ -35,8 +43,10 @@ def run(data, spec, sampler, steps, seed, mining, model):
             tensorboard=False,
             mining=mining,
             model=model,
+            batch_size=args.batch_size,
         )
-        return train(cfg, data=data)
+        summary = train(cfg, data=data)
+    return summary["steps_per_s"], summary["mining_share"]
 
 
 def main() -> None:
@@ -45,27 +55,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=256, help="256 x 2 layers: the CLI default")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = ModelConfig()  # the CLI defaults: LSTM, 2 layers of 256
     report = []
     for spec in args.data.split(","):
         data = load_data(spec, DataOptions(max_chars=500_000))
-        modes = {
-            "uniform": ("uniform", MiningConfig()),
-            "fim_switch": ("fim", MiningConfig()),
-            "fim_always_on": ("fim", MiningConfig(always_on=True, warmup_steps=1, check_every=10)),
-        }
-        speed = {k: [] for k in modes}
-        share = {k: [] for k in modes}
+        speed = {k: [] for k in MODES}
+        share = {k: [] for k in MODES}
         for r in range(args.rounds):
-            for name, (sampler, mining) in modes.items():
-                s = run(data, spec, sampler, args.steps, r, mining, model)
-                speed[name].append(s["steps_per_s"])
-                share[name].append(s["mining_share"])
+            for name, (sampler, mining) in MODES.items():
+                sps, ms = steps_per_s(data, spec, sampler, mining, args, seed=r)
+                speed[name].append(sps)
+                share[name].append(ms)
         uni = float(np.median(speed["uniform"]))
         entry = {
             "data": spec,
+            "model": f"lstm {args.layers}x{args.hidden}",
+            "batch": args.batch_size,
             "steps": args.steps,
             "rounds": args.rounds,
             "threads": args.threads,

@@ -24,7 +24,7 @@ from seqis.experiments.compare import write_report
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
 COMMON = "--samplers uniform,fim,gradnorm,loss --seeds 3 --threads 1".split()
-SMALL_LM = "--hidden 128 --layers 1 --batch-size 32 --eval-every 25 --time-budget 45"
+SMALL_LM = "--hidden 128 --layers 1 --batch-size 32 --eval-every 25 --time-budget 30"
 SMALL_CLS = "--hidden 64 --layers 1 --eval-every"
 EXPERIMENTS: dict[str, list[str]] = {
     name: args.split()

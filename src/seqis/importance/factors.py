@@ -37,21 +37,24 @@ def _deltas(out: ModelOutput) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def fim_factors(out: ModelOutput) -> Tensor:
-    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd."""
+    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd.
+
+    The weight and bias gradients are taken apart (||sum_t delta_t h_t^T||^2 + ||sum_t delta_t||^2)
+    rather than through [h; 1], which would copy the hidden states.
+    """
     delta, _ = _deltas(out)
     hidden = out.hidden.detach().to(delta.dtype)
-    ones = torch.ones(*hidden.shape[:2], 1, dtype=hidden.dtype, device=hidden.device)
-    h_aug = torch.cat([hidden, ones], dim=-1)
     b, t, k = delta.shape
-    h = h_aug.shape[-1]
+    h = hidden.shape[-1]
+    bias_sq = delta.sum(1).pow(2).sum(1)
     if t == 1:  # classification: the outer product's norm is the product of the norms
-        sq = delta.pow(2).sum((1, 2)) * h_aug.pow(2).sum((1, 2))
+        weight_sq = delta.pow(2).sum((1, 2)) * hidden.pow(2).sum((1, 2))
     elif t * k * h <= t * t * (k + h):
-        grad = torch.einsum("btk,bth->bkh", delta, h_aug)
-        sq = grad.pow(2).sum((1, 2))
-    else:
-        sq = (torch.bmm(delta, delta.transpose(1, 2)) * torch.bmm(h_aug, h_aug.transpose(1, 2))).sum((1, 2))
-    return sq.clamp_min(0).sqrt()
+        weight_sq = torch.bmm(delta.transpose(1, 2), hidden).pow(2).sum((1, 2))
+    else:  # Gram form: sum_{t,t'} (delta_t . delta_t') (h_t . h_t')
+        delta_gram = torch.bmm(delta, delta.transpose(1, 2))
+        weight_sq = (delta_gram * torch.bmm(hidden, hidden.transpose(1, 2))).sum((1, 2))
+    return (weight_sq + bias_sq).clamp_min(0).sqrt()
 
 
 @torch.no_grad()

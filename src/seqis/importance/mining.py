@@ -5,7 +5,8 @@ Three mechanisms, each chosen so the mining cost survives a wall-clock compariso
 - **Harvest.** A training step already ran the forward pass of the sequences it drew;
   their factors are computed from that pass's logits and hidden states (no extra
   forward, no per-sample backward). While importance sampling is off, only
-  ``switch_sample`` (4) sequences a step are scored: the switch needs a sample, not all.
+  ``switch_sample`` (8) sequences every ``switch_every`` (4) steps are scored: the switch
+  needs a sample, not all.
 - **Refresh.** Factors go stale as the model learns. While importance sampling is on,
   a sweep re-scores ``refresh_fraction`` sequences per trained sequence in batched
   forward-only passes, in length order so batches carry little padding. A forward pass
@@ -51,7 +52,8 @@ class MiningConfig:
     min_gain: float = 1.2  # switch on when the estimated gain reaches this
     check_every: int = 50  # steps between switch decisions (and O(N) tree rebuilds)
     warmup_steps: int = 50  # uniform steps before the first decision
-    switch_sample: int = 4  # sequences harvested per step while IS is off (the gain estimate's sample)
+    switch_sample: int = 8  # while IS is off: sequences harvested every switch_every steps,
+    switch_every: int = 4  # so a decision sees 100 of them
     always_on: bool = False  # skip the switch (for experiments)
 
     def __post_init__(self) -> None:
@@ -105,11 +107,13 @@ class Miner:
     # -- per step ----------------------------------------------------------------------------
     def harvest(self, index: torch.Tensor, out: ModelOutput, step: int) -> None:
         """Record factors of the sequences just trained on, from their own forward pass."""
-        start = time.perf_counter()
-        if not self.sampler.active and len(index) > self.config.switch_sample:
+        if not self.sampler.active:
             # Nothing is drawn from the factors while IS is off; the switch needs only a
             # uniform sample of them, and the rest of the harvest would be pure overhead.
+            if step % self.config.switch_every:
+                return
             index, out = index[: self.config.switch_sample], out.head(self.config.switch_sample)
+        start = time.perf_counter()
         if self.config.factor == "exact":
             factors = score("exact", self.model, self.data.batch(index.cpu()).to(self.device))
         else:
@@ -118,7 +122,7 @@ class Miner:
         index = self.ctx.gather(index.to(factors.device)).cpu()
         factors = self.ctx.gather(factors).cpu()
         self.sampler.record(index, factors, step)
-        # Divided by a moving average of the factors' scale (~3 steps), so the gain estimate
+        # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
         # sees the spread across sequences, not the drift of the scale as the model learns.
         recent = factors.double().numpy()
         recent = recent[np.isfinite(recent) & (recent >= 0)]
