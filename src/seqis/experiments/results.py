@@ -52,7 +52,7 @@ def run(name: str) -> None:
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
-def summarize() -> str:
+def summarize(link_prefix: str = "") -> str:
     header = (
         "| experiment | ceiling (fim) | fim time @30% | fim time @60% | fim time @90% "
         "| fim steps @90% | gradnorm time @90% | loss time @90% | fim IS active | fim mining |"
@@ -76,7 +76,7 @@ def summarize() -> str:
             f"{statistics.median(r['is_active_share'] for r in fim_runs):.0%}" if fim_runs else "–",
             f"{statistics.median(r['mining_share'] for r in fim_runs):.1%}" if fim_runs else "–",
         ]
-        rows.append(f"| [{name}]({name}/report.md) | " + " | ".join(cells) + " |")
+        rows.append(f"| [{name}]({link_prefix}{name}/report.md) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -100,7 +100,7 @@ def write_tables() -> None:
     (RESULTS / "README.md").write_text(f"# Results\n\n{note}\n\n{table}\n")
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"<!-- results:begin -->\n{note}\n\n{table}\n<!-- results:end -->"
+    block = f"<!-- results:begin -->\n{note}\n\n{summarize('docs/results/')}\n<!-- results:end -->"
     text = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
     readme.write_text(text)
 
