@@ -33,3 +33,13 @@ def ts_file(tmp_path):
         rows.append(f"{ch1}:{ch2}:{'a' if i % 2 else 'b'}")
     path.write_text(TS_HEADER + "\n".join(rows) + "\n")
     return path
+
+
+def run_cli(*args: str, timeout: float = 180):
+    """``python -m seqis.cli ARGS`` in a subprocess, as a user would run it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "seqis.cli", *args], capture_output=True, text=True, timeout=timeout
+    )

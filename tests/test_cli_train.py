@@ -11,6 +11,7 @@ import torch
 
 from seqis.cli import main
 from seqis.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from tests.conftest import run_cli
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 SUMMARY_KEYS = {
@@ -219,12 +220,7 @@ def test_sigterm_saves_and_exits(tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    proc = subprocess.run(
-        [sys.executable, "-m", "seqis.cli", *args, "--out", str(tmp_path / "o"), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli(*args, "--out", str(tmp_path / "o"), "--no-progress")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
@@ -234,47 +230,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seqis.cli",
-            "train",
-            "--data",
-            "digits",
-            "--steps",
-            "1",
-            "--out",
-            str(blocker / "sub"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_cli("train", "--data", "digits", "--steps", "1", "--out", str(blocker / "sub"))
     assert proc.returncode == 2 and "not writable" in proc.stderr
 
 
 def test_resume_with_other_config_is_refused(tmp_path):
     out = tmp_path / "run"
     run(["train", "--data", "digits:rows", "--steps", "5", "--out", str(out), *TINY])
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seqis.cli",
-            "train",
-            "--data",
-            "digits:rows",
-            "--steps",
-            "10",
-            "--hidden",
-            "32",
-            "--resume",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "train",
+        "--data",
+        "digits:rows",
+        "--steps",
+        "10",
+        "--hidden",
+        "32",
+        "--resume",
+        "--out",
+        str(out),
+        "--no-progress",
     )
     assert proc.returncode == 2 and "different configuration" in proc.stderr
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import run_cli
+
 HERE = Path(__file__).parent
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 
@@ -34,23 +36,8 @@ def torchrun(*args, timeout=180):
 
 def test_ddp_training_keeps_ranks_identical_and_resume_rules(tmp_path):
     out = tmp_path / "ddp"
-    base = [
-        "-m",
-        "seqis.cli",
-        "train",
-        "--data",
-        "digits:rows",
-        "--sampler",
-        "fim",
-        "--always-on",
-        "--eval-every",
-        "20",
-        "--checkpoint-every",
-        "40",
-        "--out",
-        str(out),
-        *TINY,
-    ]
+    train = "-m seqis.cli train --data digits:rows --sampler fim --always-on --eval-every 20".split()
+    base = [*train, "--checkpoint-every", "40", "--out", str(out), *TINY]
     proc = torchrun(*base, "--steps", "80")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -60,29 +47,7 @@ def test_ddp_training_keeps_ranks_identical_and_resume_rules(tmp_path):
     # same world size resumes; a single process refuses, with a clear message
     proc = torchrun(*base, "--steps", "100", "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "seqis.cli",
-            "train",
-            "--data",
-            "digits:rows",
-            "--sampler",
-            "fim",
-            "--always-on",
-            "--eval-every",
-            "20",
-            "--steps",
-            "120",
-            "--resume",
-            "--out",
-            str(out),
-            *TINY,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    single = run_cli(*train[2:], "--steps", "120", "--resume", "--out", str(out), *TINY)
     assert single.returncode == 2 and "same number of processes" in single.stderr
 
 
