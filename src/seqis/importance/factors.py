@@ -23,8 +23,8 @@ from seqis.models.rnn import ModelOutput
 FACTORS = ("fim", "gradnorm", "loss", "exact")
 
 
-def _deltas(out: ModelOutput) -> tuple[Tensor, Tensor]:
-    """Masked, loss-normalised output-layer error signals ``(B, T, K)`` and masks."""
+def _deltas(out: ModelOutput) -> Tensor:
+    """Masked, loss-normalised output-layer error signals ``(B, T, K)``."""
     dtype = torch.promote_types(out.logits.dtype, torch.float32)  # half precision is too coarse
     mask = out.mask.to(dtype)
     n = mask.sum(1).clamp_min(1)
@@ -32,7 +32,7 @@ def _deltas(out: ModelOutput) -> tuple[Tensor, Tensor]:
     minus_one = torch.full(out.targets.shape + (1,), -1.0, dtype=dtype, device=delta.device)
     delta.scatter_add_(-1, out.targets.unsqueeze(-1), minus_one)
     delta = delta * (mask / n.unsqueeze(1)).unsqueeze(-1)
-    return delta, mask
+    return delta
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def fim_factors(out: ModelOutput) -> Tensor:
     The weight and bias gradients are taken apart (||sum_t delta_t h_t^T||^2 + ||sum_t delta_t||^2)
     rather than through [h; 1], which would copy the hidden states.
     """
-    delta, _ = _deltas(out)
+    delta = _deltas(out)
     hidden = out.hidden.detach().to(delta.dtype)
     b, t, k = delta.shape
     h = hidden.shape[-1]
@@ -60,7 +60,7 @@ def fim_factors(out: ModelOutput) -> Tensor:
 @torch.no_grad()
 def gradnorm_factors(out: ModelOutput) -> Tensor:
     """Katharopoulos & Fleuret's bound: sqrt(sum_t m_t ||delta_t||^2), loss-normalised."""
-    delta, _ = _deltas(out)
+    delta = _deltas(out)
     return delta.pow(2).sum((1, 2)).sqrt()
 
 

@@ -60,9 +60,9 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.num_sequences, generator=g)
 
-    def draw_positions(self) -> Tensor:
-        """Positions (into ``indices``) of the next batch, crossing epochs as needed."""
-        parts, need = [], self.batch_size
+    def draw_positions(self, count: int | None = None) -> Tensor:
+        """Positions (into ``indices``) of the next ``count`` (default: a batch), crossing epochs."""
+        parts, need = [], count or self.batch_size
         while need:
             if self._cursor >= self.num_sequences:
                 self.set_epoch(self.epoch + 1)
@@ -283,7 +283,7 @@ class PresamplingSampler(ImportanceSampler):
         if not self.active or self.score_fn is None:
             return UniformBatchSampler.draw(self)
         b = self.batch_size
-        pool = self.indices[self.draw_positions_n(self.ratio * b)]
+        pool = self.indices[self.draw_positions(self.ratio * b)]
         scores, _ = repair_factors(self.score_fn(pool).double().cpu().numpy())
         scores = np.nan_to_num(scores, nan=0.0)
         big = len(pool)
@@ -291,10 +291,3 @@ class PresamplingSampler(ImportanceSampler):
         p = share * (scores / max(scores.sum(), 1e-300)) + (1.0 - share) / big
         pick = torch.multinomial(torch.from_numpy(p), b, replacement=True, generator=self._generator)
         return pool[pick], torch.from_numpy(1.0 / (big * p[pick.numpy()])).float()
-
-    def draw_positions_n(self, count: int) -> Tensor:
-        saved, self.batch_size = self.batch_size, count
-        try:
-            return self.draw_positions()
-        finally:
-            self.batch_size = saved
