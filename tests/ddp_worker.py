@@ -1,7 +1,7 @@
 """Run under torchrun by tests/test_distributed.py: checks that need real ranks.
 
 Modes: ``draws`` (global draw equals a single-process draw; the all-reduced weighted
-gradient is unbiased) and ``stall`` (a stalled rank fails the others within the timeout).
+gradient equals the global batch's) and ``stall`` (a stalled rank fails the others within the timeout).
 """
 
 import json
@@ -23,8 +23,8 @@ def draws(out_path: str) -> None:
     pool = data.train_idx[:48]
     factors = torch.linspace(0.1, 3.0, len(pool))
     b = 4
-    dist_sampler = ImportanceSampler(pool, b * ctx.world, smoothing=0.1, seed=7, dataset_size=len(data))
-    single = ImportanceSampler(pool, b * ctx.world, smoothing=0.1, seed=7, dataset_size=len(data))
+    dist_sampler = ImportanceSampler(pool, b * ctx.world, smoothing=0.1, seed=7)
+    single = ImportanceSampler(pool, b * ctx.world, smoothing=0.1, seed=7)
     for s in (dist_sampler, single):
         s.record(pool, factors)
         s.active = True
@@ -48,20 +48,18 @@ def draws(out_path: str) -> None:
         batch.inputs = batch.inputs.double()
         return batch
 
-    full = flat_grad(model(double(data.batch(pool))).loss.mean())
-    estimates = []
-    for _ in range(300):
+    # DDP averages the ranks' gradients of their slices; that must be exactly the gradient of
+    # the weighted loss over the whole global batch, whose unbiasedness test_sampler checks.
+    worst = 0.0
+    for _ in range(30):
         idx, w = dist_sampler.draw()
-        idx, w = ctx.shard(idx), ctx.shard(w)
-        g = flat_grad((w.double() * model(double(data.batch(idx))).loss).mean())
-        dist.all_reduce(g)  # what DDP does: average the ranks' gradients
-        estimates.append(g / ctx.world)
-    est = torch.stack(estimates)
-    se = est.std(0) / len(est) ** 0.5
-    z = ((est.mean(0) - full) / se.clamp_min(1e-12)).pow(2).mean().item()
+        whole = flat_grad((w.double() * model(double(data.batch(idx))).loss).mean())
+        g = flat_grad((ctx.shard(w).double() * model(double(data.batch(ctx.shard(idx)))).loss).mean())
+        dist.all_reduce(g)
+        worst = max(worst, ((g / ctx.world - whole).norm() / whole.norm()).item())
     if ctx.is_main:
         with open(out_path, "w") as f:
-            json.dump({"world": ctx.world, "same_draws": bool(same_draws), "mean_z2": z}, f)
+            json.dump({"world": ctx.world, "same_draws": bool(same_draws), "max_rel_diff": worst}, f)
     ctx.close()
 
 

@@ -57,7 +57,7 @@ def test_global_draw_and_unbiased_allreduced_gradient(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(result.read_text())
     assert r["world"] == 2 and r["same_draws"]
-    assert r["mean_z2"] < 1.5  # ~1 when the all-reduced weighted gradient is unbiased
+    assert r["max_rel_diff"] < 1e-10  # all-reduced slices == the global batch's weighted gradient
 
 
 def test_stalled_rank_fails_survivor_within_timeout(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from seqis.cli import main
-from seqis.experiments.compare import auto_targets, speedups, time_to_target, write_report
+from seqis.experiments.compare import auto_targets, best_lrs, speedups, time_to_target, write_report
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 
@@ -50,10 +50,25 @@ def test_speedups_paired_by_seed_with_censoring():
     assert speedups(records, [0.1])["fim"]["0.1"]["median"] is None
 
 
-def test_auto_targets_are_uniform_losses_at_fractions():
-    rows_a = _rows([(0, 4.0), (30, 3.0), (60, 2.0), (90, 1.0), (100, 0.9)])
-    rows_b = _rows([(0, 4.0), (30, 3.2), (60, 2.2), (90, 1.2), (100, 1.1)])
+def test_auto_targets_are_uniform_running_bests_at_step_fractions():
+    rows_a = _rows([(0, 4.0), (30, 3.0), (60, 2.0), (90, 1.0), (100, 1.1)])  # steps 0..4
+    rows_b = _rows([(0, 4.0), (30, 3.2), (60, 2.2), (90, 1.2), (100, 1.3)])
+    # 30% of 4 steps -> step 1.2: bests 3.0 and 3.2; 60% -> step 2; 90%, 100% -> running best 1.0/1.2
     assert auto_targets([rows_a, rows_b]) == [3.1, 2.1, 1.1]
+    acc = [dict(r, val_acc=a) for r, a in zip(rows_a, [0.1, 0.5, 0.7, 0.6, 0.9], strict=True)]
+    assert auto_targets([acc], "val_acc") == [0.5, 0.7, 0.9]
+    assert time_to_target(acc, 0.7, metric="val_acc") == 60
+
+
+def test_best_learning_rate_per_sampler():
+    def run(sampler, lr, seed, best):
+        return {"sampler": sampler, "lr": lr, "seed": seed, "rows": _rows([(0, 3.0), (1, best)])}
+
+    records = [run("uniform", 1e-3, s, 1.0 + s) for s in range(3)]
+    records += [run("uniform", 3e-3, s, 0.9 + s) for s in range(3)]
+    records += [run("fim", 1e-3, s, 0.5 + s) for s in range(3)]
+    records += [run("fim", 3e-3, s, [0.1, 9.0, 9.0][s]) for s in range(3)]  # one lucky seed only
+    assert best_lrs(records) == {"uniform": 3e-3, "fim": 1e-3}
 
 
 def test_compare_end_to_end(tmp_path):
@@ -78,13 +93,24 @@ def test_compare_end_to_end(tmp_path):
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["runs"]) == 6 and len(summary["targets"]) == 3
-    assert set(summary["speedup"]) == {"fim", "loss"}
-    for name in ("report.md", "loss_vs_time.png", "loss_vs_steps.png", "speedups.png"):
+    assert len(summary["runs"]) == 6 and summary["metrics"] == ["val_loss", "train_eval_loss", "val_acc"]
+    assert set(summary["speedup"]["val_loss"]) == {"fim", "loss"}
+    assert set(summary["step_speedup"]["val_acc"]) == {"fim", "loss"}
+    for name in ("report.md", "val_loss_vs_time.png", "train_eval_loss_vs_time.png", "speedups.png"):
         assert (out / name).stat().st_size > 500, name
     report = (out / "report.md").read_text()
     assert "| fim |" in report and "ceiling" in report and "training steps" in report
-    assert set(summary["step_speedup"]) == {"fim", "loss"}
+    assert "validation accuracy" in report and "Learning-rate grid" in report
+    # the samplers' order is rotated per seed
+    race = json.loads((out / "race.json").read_text())
+    assert [r.split("-")[0] for r in race["run_order"]] == [
+        "uniform",
+        "fim",
+        "loss",
+        "fim",
+        "loss",
+        "uniform",
+    ]
     # the report can be rebuilt from the run folders alone
     (out / "report.md").unlink()
     rebuilt = write_report(out)
@@ -92,7 +118,20 @@ def test_compare_end_to_end(tmp_path):
     seeds = {}
     for r in summary["runs"]:
         seeds.setdefault(r["seed"], set()).add(r["init_params_sha256"])
+        assert r["final_val_acc"] is not None and r["final_train_eval_loss"] is not None
     assert all(len(v) == 1 for v in seeds.values())
+
+
+def test_compare_learning_rate_grid(tmp_path, capsys):
+    out = tmp_path / "grid"
+    args = ["compare", "--data", "digits:rows", "--samplers", "fim", "--seeds", "1", "--steps", "20"]
+    assert main([*args, "--eval-every", "10", "--lrs", "0.001,0.01", "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 4 and set(summary["best_lr"]) == {"uniform", "fim"}
+    assert sum(r["tuned"] for r in summary["runs"]) == 2
+    assert "lr 0.001 | lr 0.01" in (out / "report.md").read_text()
+    assert main([*args, "--lrs", "0.1,x", "--out", str(out), *TINY]) == 2
+    assert "--lrs must be" in capsys.readouterr().err
 
 
 def test_diagnose_end_to_end(tmp_path, capsys):
@@ -118,8 +157,3 @@ def test_own_loop_example_runs(monkeypatch):
     path = Path(__file__).parents[1] / "examples" / "own_loop.py"
     namespace = runpy.run_path(str(path))
     assert namespace["main"](60) < 3.5
-
-
-def test_auto_targets_stay_distinct_when_uniform_overfits():
-    overfit = _rows([(0, 2.0), (1, 0.5), (30, 0.8), (60, 0.9), (90, 1.0), (100, 1.1)])
-    assert auto_targets([overfit]) == [1.55, 1.1, 0.65]  # 30/60/90% of the way from 2.0 to 0.5

@@ -10,7 +10,7 @@ from seqis.data.registry import load_data
 from seqis.importance.factors import exact_factors
 from seqis.importance.mining import ceiling, estimated_gain
 from seqis.models.rnn import ModelConfig, RecurrentModel
-from seqis.sampling.sampler import ImportanceSampler, UniformBatchSampler
+from seqis.sampling.sampler import ImportanceSampler, PruningSampler, UniformBatchSampler
 from seqis.sampling.sumtree import SumTree
 
 
@@ -153,7 +153,7 @@ def test_weighted_gradient_is_unbiased_and_less_noisy():
             out.append(_flat_grad(model, (w.double() * model(batch).loss).mean()))
         return torch.stack(out)
 
-    is_sampler = ImportanceSampler(pool, batch_size=4, smoothing=0.1, seed=1, dataset_size=len(data))
+    is_sampler = ImportanceSampler(pool, batch_size=4, smoothing=0.1, seed=1)
     is_sampler.record(pool, factors)
     is_sampler.active = True
     g_is = estimates(is_sampler)
@@ -162,7 +162,7 @@ def test_weighted_gradient_is_unbiased_and_less_noisy():
     z = (g_is.mean(0) - full) / se.clamp_min(1e-12)
     assert (z.abs() < 4).float().mean() > 0.99
     assert z.pow(2).mean() < 1.5  # ~1 for an unbiased estimator
-    uni = ImportanceSampler(pool, batch_size=4, smoothing=1.0, seed=1, dataset_size=len(data))
+    uni = ImportanceSampler(pool, batch_size=4, smoothing=1.0, seed=1)
     uni.record(pool, factors)
     uni.active = True  # smoothing 1: uniform draws with replacement
     g_uni = estimates(uni)
@@ -183,3 +183,42 @@ def test_uniform_shards_match_distributed_sampler_semantics():
             per_rank[r] += DistContext(rank=r, world=world).shard(batch).tolist()
     assert not set(per_rank[0]) & set(per_rank[1])  # no sequence trained twice in the epoch
     assert sorted(per_rank[0] + per_rank[1]) == list(range(40))
+
+
+def test_pruning_keeps_epoch_sum_unbiased_without_repeats():
+    n, ratio = 200, 0.5
+    values = torch.linspace(0.1, 3.0, n)
+    sampler = PruningSampler(range(n), batch_size=10, ratio=ratio, seed=3)
+    sampler.record(torch.arange(n), values)
+    sampler.active = True
+    sums, lengths = [], []
+    for epoch in range(1, 801):
+        sampler.set_epoch(epoch)
+        order, weights = sampler._order, sampler._weights
+        assert len(set(order.tolist())) == len(order)  # no repeats within an epoch
+        below = values < values.mean()
+        assert torch.equal(weights, torch.where(below, 1 / (1 - ratio), 1.0))
+        assert set(order.tolist()) >= set(torch.nonzero(~below).flatten().tolist())  # above mean: kept
+        sums.append(float((weights[order] * values[order]).sum()))
+        lengths.append(len(order))
+    # E[sum of weighted kept values over an epoch] = the full sum; ~1% standard error here
+    assert np.mean(sums) == pytest.approx(float(values.sum()), rel=0.01)
+    assert np.mean(lengths) == pytest.approx(n - ratio * int((values < values.mean()).sum()), rel=0.02)
+
+
+def test_pruning_anneals_to_full_epochs_and_resumes_exactly():
+    n = 100
+    sampler = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, total_steps=40, anneal=0.25)
+    sampler.record(torch.arange(n), torch.arange(n).float())
+    sampler.active = True
+    draws = [sampler.draw() for _ in range(12)]
+    assert any((w > 1).any() for _, w in draws)  # pruned epochs weight the kept low factors
+    copy = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, total_steps=40, anneal=0.25)
+    copy.load_state_dict(sampler.state_dict())
+    for _ in range(40):
+        a, b = sampler.draw(), copy.draw()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert sampler.annealing
+    sampler.set_epoch(sampler.epoch + 1)  # an epoch that starts in the final share is full
+    idx, w = sampler.draw()
+    assert len(sampler._order) == n and (w == 1).all()

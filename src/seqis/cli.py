@@ -54,6 +54,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="character budget of text corpora",
     )
     p.add_argument(
+        "--val-size",
+        type=_positive_int,
+        default=10_000,
+        help="validation sequences at most (a seeded subset of an official test split)",
+    )
+    p.add_argument(
         "--encoding-errors",
         choices=["strict", "replace"],
         default="strict",
@@ -74,7 +80,9 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
     _add_model_args(p)
     if single_run:
         p.add_argument(
-            "--sampler", default="uniform", choices=["uniform", "fim", "gradnorm", "loss", "exact"]
+            "--sampler",
+            default="uniform",
+            choices=["uniform", "fim", "gradnorm", "loss", "exact", "prune"],
         )
         p.add_argument("--steps", type=_positive_int)
         p.add_argument("--target-loss", type=_positive_float)
@@ -95,13 +103,19 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--clip", type=_positive_float, default=1.0)
     p.add_argument("--eval-every", type=_positive_int, default=50)
+    p.add_argument(
+        "--train-eval-size",
+        type=_positive_int,
+        default=2000,
+        help="size of the fixed training subset whose loss is logged as train_eval_loss",
+    )
     p.add_argument("--checkpoint-every", type=_positive_int, default=500)
     p.add_argument("--keep-checkpoints", type=_positive_int, default=2, help="newest K kept")
     p.add_argument(
         "--smoothing",
-        type=_fraction,
+        type=_checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
         default=0.2,
-        help="alpha: mix of uniform in p; weights stay <= 1/alpha",
+        help="alpha in (0, 1]: mix of uniform in p; weights stay <= 1/alpha",
     )
     p.add_argument(
         "--refresh-fraction",
@@ -116,6 +130,24 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         help="switch IS on when the estimated variance gain reaches this",
     )
     p.add_argument("--always-on", action="store_true", help="never fall back to uniform")
+    p.add_argument(
+        "--factor",
+        choices=["fim", "loss", "gradnorm"],
+        default="fim",
+        help="the factor that --sampler prune ranks sequences by",
+    )
+    p.add_argument(
+        "--prune-ratio",
+        type=_checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        default=0.5,
+        help="--sampler prune: probability of skipping a below-mean sequence in an epoch",
+    )
+    p.add_argument(
+        "--prune-anneal",
+        type=_fraction,
+        default=0.125,
+        help="--sampler prune: final share of --steps trained on full epochs",
+    )
     p.add_argument("--out", default="runs/train")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores, max 4)")
@@ -152,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, single_run=False)
     p.add_argument("--samplers", default="uniform,fim")
     p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument(
+        "--lrs",
+        help="comma-separated learning rates: every sampler runs at each, the report compares "
+        "each at its own best (tuned vs tuned)",
+    )
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--targets", default="auto", help="'auto' or comma-separated losses")
     return parser
@@ -181,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
 def _data_options(args):
     from seqis.data.registry import DataOptions
 
-    return DataOptions(seq_len=args.seq_len, max_chars=args.max_chars, encoding_errors=args.encoding_errors)
+    return DataOptions(
+        seq_len=args.seq_len,
+        max_chars=args.max_chars,
+        val_size=args.val_size,
+        encoding_errors=args.encoding_errors,
+    )
 
 
 def train_config(args, **overrides):
@@ -206,6 +248,9 @@ def train_config(args, **overrides):
             refresh_fraction=args.refresh_fraction,
             min_gain=args.min_gain,
             always_on=args.always_on,
+            factor=args.factor,
+            prune_ratio=args.prune_ratio,
+            prune_anneal=args.prune_anneal,
         ),
         steps=args.steps,
         time_budget=args.time_budget,
@@ -215,6 +260,7 @@ def train_config(args, **overrides):
         lr=args.lr,
         clip=args.clip,
         eval_every=args.eval_every,
+        train_eval_size=args.train_eval_size,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         seed=getattr(args, "seed", 0),
@@ -278,17 +324,20 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from seqis.errors import ConfigError
     from seqis.experiments.compare import compare
 
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    result = compare(
-        train_config(args),
-        samplers,
-        args.seeds,
-        args.targets,
-        command=args.command_line,
-    )
-    print(result["table"])
+    lrs = None
+    if args.lrs:
+        try:
+            lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+        if not lrs or any(not 0 < lr < float("inf") for lr in lrs):
+            raise ConfigError(f"--lrs must be positive numbers, got {args.lrs!r}")
+    result = compare(train_config(args), samplers, args.seeds, args.targets, args.command_line, lrs)
+    print(result["tables"]["val_loss"])
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 

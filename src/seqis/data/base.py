@@ -77,9 +77,14 @@ class SequenceData(torch.utils.data.Dataset):
         return {"inputs": self.inputs[i, :n], "targets": target, "index": torch.tensor(i)}
 
     @property
+    def tokens(self) -> bool:
+        """Whether inputs are token ids (LMs, text classification) rather than float features."""
+        return self.vocab is not None
+
+    @property
     def input_size(self) -> int:
-        """Vocabulary size for language models, channel count for classification."""
-        return len(self.vocab) if self.task == LM else self.inputs.shape[-1]
+        """Vocabulary size for token inputs, channel count for float features."""
+        return len(self.vocab) if self.tokens else self.inputs.shape[-1]
 
     @property
     def num_outputs(self) -> int:
@@ -95,13 +100,32 @@ class SequenceData(torch.utils.data.Dataset):
         targets = self.targets[index, :t_max] if self.task == LM else self.targets[index]
         return Batch(inputs, targets, mask, lengths, index)
 
-    def split(self, val_fraction: float = 0.1, seed: int = 0, max_val: int = 1024) -> None:
-        """Fix a seeded train/validation split; validation is capped at ``max_val``."""
+    def split(self, val_fraction: float = 0.1, seed: int = 0, max_val: int = 10_000) -> None:
+        """Fix a seeded train/validation split; validation is capped at ``max_val``.
+
+        A split the data brought along (an official test set) is kept: only a seeded subset
+        of at most ``max_val`` of its validation sequences is used. Classification splits are
+        stratified, so every class keeps its share in both parts.
+        """
         n = len(self)
         if n < 2:
             raise DataError(f"{self.name}: need at least 2 sequences for a train/val split, got {n}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        if len(self.val_idx):
+            keep = torch.randperm(len(self.val_idx), generator=g)[:max_val]
+            self.val_idx = self.val_idx[keep].sort().values
+            return
         n_val = min(max(1, round(n * val_fraction)), max_val, n - 1)
+        perm = torch.randperm(n, generator=g)
+        if self.task != LM:
+            # Interleave classes by their rank within the class: any prefix is stratified.
+            order = torch.argsort(self.targets[perm], stable=True)
+            by_class = perm[order]
+            counts = torch.bincount(self.targets[by_class])
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(n) - starts[self.targets[by_class]]
+            frac = (rank.double() + 0.5) / counts[self.targets[by_class]].double()
+            perm = by_class[torch.argsort(frac, stable=True)]
         self.val_idx = perm[:n_val].sort().values
         self.train_idx = perm[n_val:].sort().values
 
@@ -117,11 +141,14 @@ class SequenceData(torch.utils.data.Dataset):
             "length_mean": round(float(lengths.mean()), 2),
             "length_max": int(lengths.max()),
         }
-        if self.task == LM:
+        if self.tokens:
             out["vocab"] = len(self.vocab)
-        else:
+        if self.task != LM:
             out["classes"] = len(self.classes)
-            out["channels"] = int(self.inputs.shape[-1])
+            if not self.tokens:
+                out["channels"] = int(self.inputs.shape[-1])
+            counts = torch.bincount(self.targets[self.train_idx], minlength=len(self.classes))
+            out["largest_class_share"] = round(float(counts.max()) / max(1, len(self.train_idx)), 4)
         return out
 
 

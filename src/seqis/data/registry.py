@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqis.data import text, timeseries
-from seqis.data.base import CLASSIFY, SequenceData
+from seqis.data import images, labeled, text, timeseries
+from seqis.data.base import SequenceData
 from seqis.errors import DataError
 
 SPECS = {
@@ -20,6 +20,10 @@ SPECS = {
     "ucr:NAME": "classification from a UCR/UEA set bundled in sktime (e.g. JapaneseVowels)",
     "ts:PATH": "classification from a .ts file",
     "digits": "scikit-learn digits as 64-step sequences ('digits:rows' for 8 rows of 8)",
+    "idx:DIR": "MNIST-format IDX images as 28 rows of 28 features ('idx:DIR:pixels': 784 steps of 1)",
+    "fashion-mnist": "Fashion-MNIST from Debian's dataset-fashion-mnist (also fashion-mnist:pixels)",
+    "labeled:PATH": "text classification, 'label<TAB>text' lines, characters ('labeled:PATH:words')",
+    "wordnet": "WordNet glosses -> lexicographer file (45 classes), from Debian's wordnet-base",
 }
 
 
@@ -31,7 +35,7 @@ class DataOptions:
     max_chars: int = 2_000_000
     min_count: int = 2
     val_fraction: float = 0.1
-    max_val: int = 512
+    val_size: int = 10_000  # validation cap: thousands keep the curves quiet
     split_seed: int = 0
     encoding_errors: str = "strict"
 
@@ -48,8 +52,12 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
     if opts.encoding_errors not in ("strict", "replace", "ignore"):
         raise DataError(f"--encoding-errors must be strict, replace or ignore: {opts.encoding_errors}")
     kind, _, arg = spec.partition(":")
-    if kind in ("text", "lines", "words", "ts", "ucr") and not arg:
+    if kind in ("text", "lines", "words", "ts", "ucr", "idx", "labeled") and not arg:
         raise DataError(f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}")
+    # idx:DIR[:pixels] and labeled:PATH[:words]: the variant is a suffix, so paths may hold ':'.
+    path_arg, _, variant = arg.rpartition(":")
+    if variant not in ("pixels", "rows", "words", "chars"):
+        path_arg, variant = arg, ""
     if kind in ("stdlib", "shakespeare") and arg in ("", "lines", "words"):
         corpus = text.stdlib_text if kind == "stdlib" else text.shakespeare_text
         raw = corpus(opts.max_chars)
@@ -79,10 +87,22 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
         data = timeseries.load_ts_files(spec, [path])
     elif kind == "digits" and arg in ("", "rows"):
         data = timeseries.digits_data(rows=arg == "rows")
+    elif kind == "idx" and variant in ("", "pixels", "rows"):
+        data = images.idx_data(spec, Path(path_arg), pixels=variant == "pixels")
+    elif kind == "fashion-mnist" and arg in ("", "pixels", "rows"):
+        data = images.fashion_mnist(pixels=arg == "pixels")
+    elif kind == "labeled" and variant in ("", "words", "chars"):
+        data = labeled.labeled_file(
+            spec, Path(path_arg), opts.seq_len, variant == "words", opts.encoding_errors
+        )
+    elif kind == "wordnet":
+        data = labeled.wordnet(opts.seq_len, Path(arg) if arg else None)
     else:
         known = ", ".join(SPECS)
         raise DataError(f"unknown data spec {spec!r}; known: {known}")
-    data.split(opts.val_fraction, opts.split_seed, opts.max_val)
-    if data.task == CLASSIFY:
+    if opts.val_size < 1:
+        raise DataError(f"--val-size must be >= 1, got {opts.val_size}")
+    data.split(opts.val_fraction, opts.split_seed, opts.val_size)
+    if kind in ("ucr", "ts", "digits"):  # images come normalised; text is token ids
         timeseries.standardise(data)
     return data

@@ -51,7 +51,7 @@ def diagnose(
             f"checkpoint {path} does not fit this model (--model, --hidden, --layers, --embed, --data)"
         ) from None
     if checkpoint is not None:
-        trained_steps, final_val = state["step"], evaluate(model, data, device)
+        trained_steps, final_val = state["step"], evaluate(model, data, data.val_idx, device)[0]
         train_per_seq = _time_training_step(model, data, config.batch_size, device)
     model.eval()
 

@@ -28,22 +28,24 @@ def plot_race(
     png: Path,
     title: str,
     targets: list[float] | None = None,
+    metric: str = "val_loss",
+    label: str = "validation loss",
 ) -> Path:
-    """Median validation loss per sampler against ``x_key``, with a min-max band over seeds."""
+    """Mean of ``metric`` per sampler against ``x_key``, with a min-max band over seeds."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sampler, runs in curves.items():
         grid_max = min(max(r[x_key] for r in rows) for rows in runs)
         grid = np.linspace(0, grid_max, 100)
         ys = np.array(
-            [_step_interp(grid, [r[x_key] for r in rows], [r["val_loss"] for r in rows]) for rows in runs]
+            [_step_interp(grid, [r[x_key] for r in rows], [r[metric] for r in rows]) for rows in runs]
         )
-        (line,) = ax.plot(grid, np.nanmedian(ys, 0), label=sampler)
+        (line,) = ax.plot(grid, np.nanmean(ys, 0), label=sampler)
         ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.2)
     for t in targets or []:
         ax.axhline(t, color="grey", lw=0.7, ls="--")
     ax.set(
         xlabel="training wall-clock (s)" if x_key == "wall_time_s" else "steps",
-        ylabel="validation loss",
+        ylabel=label,
         title=title,
     )
     ax.grid(alpha=0.3)
@@ -66,9 +68,10 @@ def plot_speedups(speedup: dict[str, dict[str, dict]], png: Path, title: str) ->
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(samplers))
     for i, sampler in enumerate(samplers):
-        med = [speedup[sampler][t]["median"] for t in targets]
-        lo = [speedup[sampler][t]["min"] for t in targets]
-        hi = [speedup[sampler][t]["max"] for t in targets]
+        # A target no seed pair resolved has no ratio: NaN leaves its bar out.
+        med, lo, hi = (
+            np.array([speedup[sampler][t][k] for t in targets], dtype=float) for k in ("median", "min", "max")
+        )
         x = np.arange(len(targets)) + i * width
         ax.bar(
             x,
@@ -79,7 +82,8 @@ def plot_speedups(speedup: dict[str, dict[str, dict]], png: Path, title: str) ->
             capsize=3,
         )
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(targets)) + width * (len(samplers) - 1) / 2, targets)
+    ticks = [f"{float(t):.4f}" for t in targets]
+    ax.set_xticks(np.arange(len(targets)) + width * (len(samplers) - 1) / 2, ticks)
     ax.set(xlabel="target validation loss", ylabel="speedup vs uniform (time)", title=title)
     ax.legend()
     return _save(fig, png)

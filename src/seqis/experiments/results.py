@@ -1,131 +1,190 @@
-"""Regenerate every committed results report: ``make results``.
+"""Regenerate the committed races: ``make results``.
 
-Each experiment is one ``seqis compare`` race written to ``docs/results/NAME/``; the
-summary table in ``docs/results/README.md`` and in the top-level README (between the
-``results:begin``/``results:end`` markers) is rebuilt from their ``summary.json`` files.
+Each race is one ``seqis compare`` run written to ``docs/results/NAME/``. Races run one at
+a time, with one thread, and a race whose folder already holds every run of the same
+arguments is skipped (``--force`` runs it again). The tables in ``docs/results/README.md``
+and in the top-level README (between ``results:begin`` and ``results:end``) are rebuilt
+from the races' ``summary.json`` files.
 
-    python -m seqis.experiments.results                 # run all races, then summarise
-    python -m seqis.experiments.results --only digits   # one race
-    python -m seqis.experiments.results --summarize     # reports and tables from existing runs
+    python -m seqis.experiments.results                        # every race not yet current
+    python -m seqis.experiments.results --only fashion-mnist   # one race
+    python -m seqis.experiments.results --summarize            # reports and tables, no training
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
+import sys
+import time
 from pathlib import Path
 
-from seqis.cli import main as seqis_main
-from seqis.experiments.compare import write_report
+from seqis.experiments.compare import FRACTIONS, write_report
 
 ROOT = Path(__file__).resolve().parents[3]
-RESULTS = ROOT / "docs" / "results"
-COMMON = "--samplers uniform,fim,gradnorm,loss --seeds 3 --threads 1".split()
-SMALL_LM = "--hidden 128 --layers 1 --batch-size 32 --eval-every 25 --time-budget 30"
-SMALL_CLS = "--hidden 64 --layers 1 --eval-every"
-EXPERIMENTS: dict[str, list[str]] = {
-    name: args.split()
-    for name, args in {
-        "stdlib": f"--data stdlib {SMALL_LM}",
-        "shakespeare": f"--data shakespeare {SMALL_LM}",
-        "shakespeare-lines": f"--data shakespeare:lines {SMALL_LM}",
-        # JapaneseVowels overfits within seconds: a short budget keeps the race where it is decided.
-        "japanese-vowels": f"--data ucr:JapaneseVowels {SMALL_CLS} 10 --batch-size 16 --time-budget 6",
-        "digits": f"--data digits {SMALL_CLS} 25 --batch-size 32 --time-budget 30",
-    }.items()
+RESULTS = Path("docs") / "results"  # relative: reports show the command as a user types it
+COMMON = "--threads 1 --no-progress"
+GRU = "--model gru --hidden 128 --layers 1 --batch-size 64"
+SAMPLERS = "--samplers uniform,fim,prune"
+# The pilots settle each data set's learning-rate grid with one seed; the races then run
+# the learning rates that were best for some sampler in the pilot (see docs/results/README.md).
+EXPERIMENTS: dict[str, str] = {
+    "fashion-mnist-pilot": f"--data fashion-mnist {GRU} {SAMPLERS} --seeds 1 --lrs 0.001,0.002,0.004 "
+    "--steps 2000 --eval-every 200",
+    "fashion-mnist": f"--data fashion-mnist {GRU} {SAMPLERS} --seeds 3 --lrs 0.002 "
+    "--steps 5600 --eval-every 200",
+    "wordnet-pilot": f"--data wordnet --seq-len 128 {GRU} {SAMPLERS} --seeds 1 --lrs 0.001,0.002,0.004 "
+    "--steps 1500 --eval-every 250",
+    "wordnet": f"--data wordnet --seq-len 128 {GRU} {SAMPLERS} --seeds 3 --lrs 0.002 "
+    "--steps 4000 --eval-every 250",
+    # A character LM: windows hardly differ (ceiling ~1.05), the switch should keep fim uniform.
+    "stdlib": "--data stdlib --hidden 128 --layers 1 --batch-size 32 --samplers uniform,fim --seeds 3 "
+    "--steps 1500 --eval-every 100",
+    # The small variable-length case: 576 training sequences, overfit within seconds.
+    "japanese-vowels": "--data ucr:JapaneseVowels --hidden 64 --layers 1 --batch-size 16 "
+    f"{SAMPLERS} --seeds 3 --steps 600 --eval-every 20",
 }
 
 
-def run(name: str) -> None:
-    out = RESULTS / name
+def race_args(name: str) -> list[str]:
+    return ["compare", *EXPERIMENTS[name].split(), *COMMON.split(), "--out", str(RESULTS / name)]
+
+
+def is_current(name: str) -> bool:
+    """Whether the race's folder holds every run of exactly these arguments."""
+    meta_path = ROOT / RESULTS / name / "race.json"
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if meta.get("command") != " ".join(["seqis", *race_args(name)]):
+        return False
+    runs = ROOT / RESULTS / name / "runs"
+    return all((runs / run / "summary.json").exists() for run in meta.get("run_order", [None]) if run)
+
+
+def run(name: str) -> float:
+    """Run one race from the repository root; return its duration in seconds."""
+    from seqis.cli import main as seqis_main
+
+    out = ROOT / RESULTS / name
     if out.exists():
         shutil.rmtree(out)
-    args = ["compare", *EXPERIMENTS[name], *COMMON, "--out", str(out)]
-    if seqis_main(args) != 0:
-        raise SystemExit(f"experiment {name} failed")
+    started = time.perf_counter()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        if seqis_main(race_args(name)) != 0:
+            raise SystemExit(f"race {name} failed")
+    finally:
+        os.chdir(cwd)
     # Per-run folders hold checkpoints and TensorBoard logs: keep only what the report cites.
     for run_dir in (out / "runs").iterdir():
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        (run_dir / "loss.png").unlink(missing_ok=True)
+    duration = time.perf_counter() - started
+    meta = json.loads((out / "race.json").read_text())
+    (out / "race.json").write_text(json.dumps({**meta, "race_duration_s": round(duration)}, indent=2) + "\n")
+    return duration
 
 
 def summarize(link_prefix: str = "") -> str:
+    """One row per race and non-uniform sampler: tuned-vs-tuned time speedups (steps beside)."""
     header = (
-        "| experiment | ceiling (fim) | fim time @30% | fim time @60% | fim time @90% "
-        "| fim steps @90% | gradnorm time @90% | loss time @90% | fim IS active | fim mining |"
+        "| race | sampler | lr | val loss @60% | val loss @100% | train_eval @90% | train_eval @100% "
+        "| val acc @100% | best val loss (uniform's) | IS active | mining | race time |"
     )
-    rows = [header, "|---" * 10 + "|"]
+    rows = [header, "|---" * 12 + "|"]
     for name in EXPERIMENTS:
-        path = RESULTS / name / "summary.json"
+        path = ROOT / RESULTS / name / "summary.json"
         if not path.exists():
             continue
         result = json.loads(path.read_text())
-        targets = [str(t) for t in result["targets"]]
-        last = targets[-1]
-        fim_runs = [r for r in result["runs"] if r["sampler"] == "fim"]
-        ceil = [r["factor_ceiling"] for r in fim_runs if r["factor_ceiling"]]
-        cells = [
-            f"{statistics.median(ceil):.2f}" if ceil else "–",
-            *(_cell(result["speedup"].get("fim", {}).get(t)) for t in targets),
-            _cell(result["step_speedup"].get("fim", {}).get(last)),
-            _cell(result["speedup"].get("gradnorm", {}).get(last)),
-            _cell(result["speedup"].get("loss", {}).get(last)),
-            f"{statistics.median(r['is_active_share'] for r in fim_runs):.0%}" if fim_runs else "–",
-            f"{statistics.median(r['mining_share'] for r in fim_runs):.1%}" if fim_runs else "–",
-        ]
-        rows.append(f"| [{name}]({link_prefix}{name}/report.md) | " + " | ".join(cells) + " |")
+        for sampler in [s for s in result["samplers"] if s != "uniform"]:
+            runs = [r for r in result["runs"] if r["sampler"] == sampler and r["tuned"]]
+            uniform = [r for r in result["runs"] if r["sampler"] == "uniform" and r["tuned"]]
+            cells = [
+                f"[{name}]({link_prefix}{name}/report.md)",
+                sampler,
+                f"{result['best_lr'][sampler]:g}",
+                _cell(result, "val_loss", 0.6, sampler),
+                _cell(result, "val_loss", 1.0, sampler),
+                _cell(result, "train_eval_loss", 0.9, sampler),
+                _cell(result, "train_eval_loss", 1.0, sampler),
+                _cell(result, "val_acc", 1.0, sampler),
+                f"{_med(r['best']['val_loss'] for r in runs):.4f} "
+                f"({_med(r['best']['val_loss'] for r in uniform):.4f})",
+                f"{_med(r['is_active_share'] for r in runs):.0%}",
+                f"{_med(r['mining_share'] for r in runs):.1%}",
+                f"{result.get('race_duration_s', 0) / 60:.0f} min",
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def _cell(stat: dict | None) -> str:
-    if not stat or stat["median"] is None:
+def _med(values) -> float:
+    return statistics.median(list(values))
+
+
+def _cell(result: dict, metric: str, fraction: float, sampler: str) -> str:
+    """'time (steps)' speedup at uniform's target for ``fraction`` of its steps."""
+    if metric not in result["targets"]:
+        return "–"
+    # Targets were de-duplicated: a fraction whose target equals an earlier one maps to it.
+    targets = result["targets"][metric]
+    index = min(FRACTIONS.index(fraction), len(targets) - 1)
+    target = str(targets[index])
+    time_stat = result["speedup"][metric][sampler][target]
+    step_stat = result["step_speedup"][metric][sampler][target]
+    if time_stat["median"] is None:
         return "n/a"
-    text = f"{stat['median']:.2f} ({stat['min']:.2f}–{stat['max']:.2f})"
-    return text + ("*" if stat["censored"] else "")
+    censored = "*" if time_stat["censored"] else ""
+    return f"{time_stat['median']:.2f}{censored} ({step_stat['median']:.2f})"
+
+
+NOTE = (
+    "Tuned vs tuned: each sampler at its own best learning rate of the race's grid. Cells are "
+    "uniform's wall-clock time to a target / the sampler's, median over seeds paired by seed "
+    "(in brackets the same ratio in training steps); above 1 is faster. Targets are uniform's "
+    "running best at 60/90/100% of its steps (median over seeds); @100% is uniform's best, which "
+    "about half of uniform's own seeds miss. * = at least one run never reached the target; its "
+    "whole run was taken as its time, so the ratio is a bound. Full tables, ranges and plots are "
+    "in each race's report. Regenerate with `make results` (race by race: "
+    "`python -m seqis.experiments.results --only NAME`; tables only: `--summarize`)."
+)
 
 
 def write_tables() -> None:
-    table = summarize()
-    note = (
-        "Speedup = uniform's wall-clock time to a target validation loss / the sampler's, median "
-        "(min–max) over 3 seeds, paired by seed; above 1 is faster. Targets are the losses uniform "
-        "reaches at 30/60/90% of its budget. 'fim steps' is the same ratio in training steps (the "
-        "algorithmic effect without per-step cost or timing noise). * = a run missed the target "
-        "within its budget; its whole run time was used, so the ratio is a bound. Regenerate with "
-        "`make results` (or `python -m seqis.experiments.results --summarize` from existing runs)."
-    )
-    (RESULTS / "README.md").write_text(f"# Results\n\n{note}\n\n{table}\n")
+    (ROOT / RESULTS / "README.md").write_text(f"# Results\n\n{NOTE}\n\n{summarize()}\n")
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = f"<!-- results:begin -->\n{note}\n\n{summarize('docs/results/')}\n<!-- results:end -->"
+    block = f"<!-- results:begin -->\n{NOTE}\n\n{summarize('docs/results/')}\n<!-- results:end -->"
     text = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
     readme.write_text(text)
 
 
-def rebuild_reports() -> None:
-    """Rewrite each race's report, plots and summary from its run folders (no training)."""
-    for name in EXPERIMENTS:
-        if (RESULTS / name / "race.json").exists():
-            write_report(RESULTS / name)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=list(EXPERIMENTS))
+    parser.add_argument("--force", action="store_true", help="run races even if their results are current")
     parser.add_argument(
         "--summarize",
         action="store_true",
         help="rebuild reports and tables from existing runs, without training",
     )
-    args = parser.parse_args()
-    if args.summarize:
-        rebuild_reports()
-    else:
-        for name in args.only or EXPERIMENTS:
-            run(name)
+    args = parser.parse_args(argv)
+    for name in args.only or EXPERIMENTS:
+        if args.summarize or (is_current(name) and not args.force):
+            if (ROOT / RESULTS / name / "race.json").exists():
+                write_report(ROOT / RESULTS / name)
+                print(f"{name}: current, report rebuilt", file=sys.stderr)
+            continue
+        print(f"{name}: running ({' '.join(race_args(name))})", file=sys.stderr)
+        print(f"{name}: done in {run(name) / 60:.1f} min", file=sys.stderr)
     write_tables()
 
 

@@ -55,6 +55,8 @@ class MiningConfig:
     switch_sample: int = 8  # while IS is off: sequences harvested every switch_every steps,
     switch_every: int = 4  # so a decision sees 100 of them
     always_on: bool = False  # skip the switch (for experiments)
+    prune_ratio: float = 0.5  # --sampler prune: skip probability of a below-mean sequence
+    prune_anneal: float = 0.125  # --sampler prune: final share of steps on full epochs
 
     def __post_init__(self) -> None:
         if self.factor not in FACTORS:
@@ -147,6 +149,9 @@ class Miner:
 
     def decide(self, step: int) -> None:
         """Switch importance sampling on or off from the current gain estimate."""
+        if self.config.always_on:  # no decision to make
+            self.sampler.active = True
+            return
         start = time.perf_counter()
         self.sampler.rebuild()
         if self.sampler.active:

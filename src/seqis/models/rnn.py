@@ -49,7 +49,7 @@ class ModelConfig:
 
 
 class RecurrentModel(nn.Module):
-    """An RNN/GRU/LSTM body with an embedding (LM) or linear (classifier) input layer.
+    """An RNN/GRU/LSTM body with an embedding (token ids) or linear (features) input layer.
 
     Example:
         >>> model = RecurrentModel("lm", input_size=100, num_outputs=100)
@@ -58,13 +58,20 @@ class RecurrentModel(nn.Module):
         torch.Size([8])
     """
 
-    def __init__(self, task: str, input_size: int, num_outputs: int, config: ModelConfig | None = None):
+    def __init__(
+        self,
+        task: str,
+        input_size: int,
+        num_outputs: int,
+        config: ModelConfig | None = None,
+        tokens: bool | None = None,
+    ):
         super().__init__()
         cfg = config or ModelConfig()
         if cfg.cell not in CELLS:
             raise ValueError(f"unknown cell {cfg.cell!r}; choose from {', '.join(CELLS)}")
         self.task, self.config = task, cfg
-        if task == LM:
+        if task == LM if tokens is None else tokens:
             self.encoder: nn.Module = nn.Embedding(input_size, cfg.embed_size)
         else:
             self.encoder = nn.Linear(input_size, cfg.embed_size)

@@ -44,6 +44,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self._order = self._permutation()
         self._cursor = 0
+        self._position: Tensor | None = None  # dataset index -> position, built on first use
 
     @property
     def num_sequences(self) -> int:
@@ -51,6 +52,17 @@ class UniformBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(1, self.num_sequences // self.batch_size)
+
+    def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
+        """Positions in :attr:`indices` of these dataset indices."""
+        if self._position is None:
+            self._position = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
+            self._position[self.indices] = torch.arange(self.num_sequences)
+        idx = torch.as_tensor(dataset_indices, dtype=torch.long).cpu()
+        inside = (idx >= 0) & (idx < len(self._position))
+        if not inside.all() or (self._position[idx] < 0).any():
+            raise IndexError("an index is not among this sampler's indices")
+        return self._position[idx].numpy()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,7 +76,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         """Positions (into ``indices``) of the next ``count`` (default: a batch), crossing epochs."""
         parts, need = [], count or self.batch_size
         while need:
-            if self._cursor >= self.num_sequences:
+            if self._cursor >= len(self._order):  # an epoch may be shorter than N (pruning)
                 self.set_epoch(self.epoch + 1)
             take = self._order[self._cursor : self._cursor + need]
             self._cursor += len(take)
@@ -119,7 +131,6 @@ class ImportanceSampler(UniformBatchSampler):
         batch_size: int,
         smoothing: float = 0.2,
         seed: int = 0,
-        dataset_size: int | None = None,
     ):
         super().__init__(indices, batch_size, seed)
         if not 0.0 <= smoothing <= 1.0:
@@ -128,9 +139,6 @@ class ImportanceSampler(UniformBatchSampler):
         self._active = False
         self._tree_stale = False  # factors recorded while inactive, not yet in the tree
         n = self.num_sequences
-        size = dataset_size or int(self.indices.max()) + 1
-        self._position = torch.full((size,), -1, dtype=torch.long)
-        self._position[self.indices] = torch.arange(n)
         self.factors = np.full(n, np.nan)  # NaN: never scored
         self.scored_step = np.full(n, -1, dtype=np.int64)
         self.repaired = 0
@@ -149,12 +157,6 @@ class ImportanceSampler(UniformBatchSampler):
         self._active = bool(value)
 
     # -- factors ---------------------------------------------------------------------------
-    def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
-        pos = self._position[torch.as_tensor(dataset_indices, dtype=torch.long).cpu()]
-        if (pos < 0).any():
-            raise IndexError("an index is not among this sampler's indices")
-        return pos.numpy()
-
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
         """Store new factors for these sequences; the tree is updated in O(b log N)."""
         pos = self.positions_of(dataset_indices)
@@ -291,3 +293,113 @@ class PresamplingSampler(ImportanceSampler):
         p = share * (scores / max(scores.sum(), 1e-300)) + (1.0 - share) / big
         pick = torch.multinomial(torch.from_numpy(p), b, replacement=True, generator=self._generator)
         return pool[pick], torch.from_numpy(1.0 / (big * p[pick.numpy()])).float()
+
+
+class PruningSampler(UniformBatchSampler):
+    """InfoBatch's unbiased soft pruning (Qin et al., ICLR 2024), over shuffled epochs.
+
+    At the start of each epoch, every sequence whose latest factor is below the mean of the
+    known factors is skipped with probability ``ratio``; a kept one is weighted ``1 / (1 -
+    ratio)``, so the expected gradient summed over an epoch is the full epoch's. Epochs get
+    shorter, no sequence repeats within one, and the last ``anneal`` share of the planned
+    ``total_steps`` trains on full, unweighted epochs. Pruning starts once :attr:`active` is
+    set (the miner sets it after warm-up, when factors exist).
+
+    Example:
+        >>> sampler = PruningSampler(range(1000), batch_size=32, ratio=0.5, seed=0)
+        >>> sampler.record(torch.arange(1000), torch.rand(1000))
+        >>> sampler.active = True
+        >>> sampler.set_epoch(1)                  # pruning applies from the next epoch
+        >>> idx, weights = sampler.draw()         # weights are 1 or 1 / (1 - ratio)
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int] | Tensor,
+        batch_size: int,
+        ratio: float = 0.5,
+        seed: int = 0,
+        total_steps: int | None = None,
+        anneal: float = 0.125,
+    ):
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+        if not 0.0 <= anneal <= 1.0:
+            raise ValueError(f"anneal share must be in [0, 1], got {anneal}")
+        self.ratio, self.anneal, self.total_steps = ratio, anneal, total_steps
+        self._active = False
+        self.draws = 0
+        self.factors = np.full(len(indices), np.nan)
+        self.repaired = 0
+        self._weights = torch.ones(len(indices))
+        super().__init__(indices, batch_size, seed)
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value)
+
+    @property
+    def annealing(self) -> bool:
+        """True in the final full-data share of the planned steps."""
+        if self.total_steps is None:
+            return False
+        return self.draws >= (1.0 - self.anneal) * self.total_steps
+
+    @property
+    def coverage(self) -> float:
+        return float((~np.isnan(self.factors)).mean())
+
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+        """Store the latest factors; they shape the pruning of the next epoch."""
+        values, bad = repair_factors(torch.as_tensor(factors).detach().double().cpu().numpy())
+        pos = self.positions_of(dataset_indices)
+        keep = ~np.isnan(values)
+        self.repaired += bad
+        self.factors[pos[keep]] = values[keep]
+
+    def rebuild(self) -> None:
+        """Nothing to rebuild: an epoch's pruning is decided when it starts."""
+
+    def _permutation(self) -> Tensor:
+        order = super()._permutation()
+        self._weights = torch.ones(self.num_sequences)
+        known = ~np.isnan(self.factors)
+        if not (self._active and self.ratio > 0 and known.any()) or self.annealing:
+            return order
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 104_729)
+        below = torch.from_numpy(known & (self.factors < self.factors[known].mean()))
+        dropped = below & (torch.rand(self.num_sequences, generator=g) < self.ratio)
+        self._weights[below] = 1.0 / (1.0 - self.ratio)
+        return order[~dropped[order]]
+
+    def __len__(self) -> int:
+        return max(1, len(self._order) // self.batch_size)
+
+    def draw(self) -> tuple[Tensor, Tensor]:
+        pos = self.draw_positions()
+        self.draws += 1
+        return self.indices[pos], self._weights[pos]
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.update(
+            active=self._active,
+            draws=self.draws,
+            factors=self.factors.copy(),
+            repaired=self.repaired,
+            order=self._order.clone(),
+            weights=self._weights.clone(),
+        )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
+        self.epoch, self._cursor = state["epoch"], state["cursor"]
+        self._active, self.draws = state["active"], state["draws"]
+        self.factors = np.array(state["factors"], dtype=np.float64)
+        self.repaired = state["repaired"]
+        self._order, self._weights = state["order"].clone(), state["weights"].clone()

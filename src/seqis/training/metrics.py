@@ -6,7 +6,18 @@ import csv
 import math
 from pathlib import Path
 
-COLUMNS = ["step", "wall_time_s", "train_loss", "val_loss", "is_active", "mining_time_s", "lr"]
+COLUMNS = [
+    "step",
+    "wall_time_s",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "train_eval_loss",
+    "is_active",
+    "mining_time_s",
+    "lr",
+    "clipped_share",
+]
 
 
 class MetricsLog:
@@ -41,7 +52,7 @@ class MetricsLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, COLUMNS).writerow(row)
         if self._tb is not None:
-            for key in ("train_loss", "val_loss", "mining_time_s"):
+            for key in ("train_loss", "val_loss", "val_acc", "train_eval_loss", "mining_time_s"):
                 value = row.get(key)
                 if value is not None and math.isfinite(value):
                     self._tb.add_scalar(key, value, row["step"])

@@ -13,7 +13,7 @@ import math
 import re
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +21,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from seqis.data.base import SequenceData
+from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import DataOptions, load_data
 from seqis.errors import CheckpointError, ConfigError, SeqisError
 from seqis.importance.mining import Miner, MiningConfig
 from seqis.models.rnn import ModelConfig, RecurrentModel
-from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, UniformBatchSampler
+from seqis.sampling.sampler import (
+    ImportanceSampler,
+    PresamplingSampler,
+    PruningSampler,
+    UniformBatchSampler,
+)
 from seqis.training.checkpoint import checkpoint_dir, load_latest, params_sha256, save_checkpoint
 from seqis.training.distributed import DistContext
 from seqis.training.metrics import MetricsLog
 
-SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact")
+SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact", "prune")
 _COLLECTIVE_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|peer|gloo|nccl", re.I)
 
 
@@ -50,6 +55,7 @@ class TrainConfig:
     lr: float = 2e-3
     clip: float = 1.0
     eval_every: int = 50
+    train_eval_size: int = 2000  # fixed training subset evaluated beside validation
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 0
@@ -63,7 +69,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps is None and self.time_budget is None:
             raise ConfigError("give --steps N or --time-budget SECONDS (or both)")
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "train_eval_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -83,8 +89,13 @@ class TrainConfig:
             raise ConfigError(f"--seq-len must be >= 1, got {self.data_options.seq_len}")
         if self.data_options.max_chars < 1:
             raise ConfigError(f"--max-chars must be >= 1, got {self.data_options.max_chars}")
-        if not 0 <= self.mining.smoothing <= 1:
-            raise ConfigError(f"--smoothing must be in [0, 1], got {self.mining.smoothing}")
+        if not 0 < self.mining.smoothing <= 1:
+            # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
+            raise ConfigError(f"--smoothing must be in (0, 1], got {self.mining.smoothing}")
+        if not 0 <= self.mining.prune_ratio < 1 or not 0 <= self.mining.prune_anneal <= 1:
+            raise ConfigError("--prune-ratio must be in [0, 1) and --prune-anneal in [0, 1]")
+        if self.sampler == "prune" and self.mining.factor not in ("fim", "loss", "gradnorm"):
+            raise ConfigError(f"--factor must be fim, loss or gradnorm, got {self.mining.factor!r}")
         if self.mining.refresh_fraction < 0 or self.mining.refresh_batch < 1:
             raise ConfigError("--refresh-fraction must be >= 0 and --refresh-batch >= 1")
 
@@ -121,15 +132,26 @@ def ensure_writable(out: Path) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: SequenceData, device: torch.device, batch: int = 256) -> float:
-    """Mean per-sequence loss over the fixed validation set."""
+def evaluate(
+    model: torch.nn.Module, data: SequenceData, index: torch.Tensor, device: torch.device, batch: int = 512
+) -> tuple[float, float | None]:
+    """Mean per-sequence loss over sequences ``index``, and accuracy for classification."""
     was_training = model.training
     model.eval()
-    total = 0.0
-    for chunk in data.val_idx.split(batch):
-        total += float(model(data.batch(chunk).to(device)).loss.sum())
+    total, correct = 0.0, 0
+    for chunk in index.split(batch):
+        out = model(data.batch(chunk).to(device))
+        total += float(out.loss.sum())
+        if data.task == CLASSIFY:
+            correct += int((out.logits[:, 0].argmax(-1) == out.targets[:, 0]).sum())
     model.train(was_training)
-    return total / len(data.val_idx)
+    return total / len(index), (correct / len(index) if data.task == CLASSIFY else None)
+
+
+def train_eval_subset(data: SequenceData, size: int) -> torch.Tensor:
+    """A fixed, seeded subset of training sequences: the same for every sampler and seed."""
+    pick = torch.randperm(len(data.train_idx), generator=torch.Generator().manual_seed(20_171_023))
+    return data.train_idx[pick[:size]].sort().values
 
 
 class _StopSignal:
@@ -163,7 +185,9 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
     torch.manual_seed(config.seed)  # same initial parameters for every sampler and rank
-    model = RecurrentModel(data.task, data.input_size, data.num_outputs, config.model).to(device)
+    model = RecurrentModel(data.task, data.input_size, data.num_outputs, config.model, tokens=data.tokens).to(
+        device
+    )
     if ctx.enabled:
         torch.manual_seed(config.seed * 1_000_003 + ctx.rank)  # per-rank dropout noise
     if config.optimizer == "adam":
@@ -174,6 +198,19 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
     miner = None
     if config.sampler == "uniform":
         sampler = UniformBatchSampler(data.train_idx, global_batch, seed=config.seed)
+    elif config.sampler == "prune":
+        # Pruning is decided per epoch from the latest factor of every trained sequence: no
+        # refresh, no switch (on after warm-up), the full harvest on every step.
+        mining = replace(config.mining, refresh_fraction=0.0, always_on=True)
+        sampler = PruningSampler(
+            data.train_idx,
+            global_batch,
+            mining.prune_ratio,
+            seed=config.seed,
+            total_steps=config.steps,
+            anneal=mining.prune_anneal,
+        )
+        miner = Miner(sampler, model, data, mining, device, ctx)
     else:
         mining = MiningConfig(**{**asdict(config.mining), "factor": config.sampler})
         # K&F's gradnorm presamples fresh candidates every step, so its stored factors need
@@ -182,9 +219,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         if presample:
             mining.refresh_fraction = 0.0
         kind = PresamplingSampler if presample else ImportanceSampler
-        sampler = kind(
-            data.train_idx, global_batch, mining.smoothing, seed=config.seed, dataset_size=len(data)
-        )
+        sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed)
         miner = Miner(sampler, model, data, mining, device, ctx)
         if presample:
             sampler.score_fn = miner.score_indices
@@ -217,6 +252,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
     init_sha = params_sha256(model)
 
     start_step, clock, rows, skipped, recent_loss, time_to_target = 0, 0.0, [], 0, [], None
+    clipped_steps, recent_clipped = 0, 0
+    train_eval_idx = train_eval_subset(data, config.train_eval_size)
     if resume:
         state, path = load_latest(out)
         if state.get("world_size", 1) != ctx.world:
@@ -236,6 +273,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             miner.load_state_dict(state["miner"])
         torch.set_rng_state(state["torch_rng"][ctx.rank])
         start_step, clock, rows, skipped = state["step"], state["clock"], state["metrics"], state["skipped"]
+        clipped_steps, recent_clipped = state["clipped_steps"], state["recent_clipped"]
         time_to_target, init_sha, recent_loss = (
             state["time_to_target"],
             state["init_sha"],
@@ -245,17 +283,21 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             print(f"resuming from {path} at step {start_step}")
     metrics = MetricsLog(out, rows, tensorboard=config.tensorboard, write=ctx.is_main)
 
-    def log_eval(step: int, train_loss: float | None) -> float:
-        val = evaluate(model, data, device)
+    def log_eval(step: int, train_loss: float | None, since: int, clipped: int) -> float:
+        val, val_acc = evaluate(model, data, data.val_idx, device)
+        train_eval, _ = evaluate(model, data, train_eval_idx, device)
         metrics.log(
             {
                 "step": step,
                 "wall_time_s": round(clock, 4),
                 "train_loss": train_loss,
                 "val_loss": val,
+                "val_acc": val_acc,
+                "train_eval_loss": train_eval,
                 "is_active": int(getattr(sampler, "active", False)),
                 "mining_time_s": miner.mining_time_s if miner else 0.0,
                 "lr": config.lr,
+                "clipped_share": clipped / since if since else None,
             }
         )
         return val
@@ -277,6 +319,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             "time_to_target": time_to_target,
             "init_sha": init_sha,
             "recent_loss": recent_loss,
+            "clipped_steps": clipped_steps,
+            "recent_clipped": recent_clipped,
         }
         path = save_checkpoint(out, step, state, config.keep_checkpoints) if ctx.is_main else None
         ctx.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
@@ -284,7 +328,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
 
     val_loss = rows[-1]["val_loss"] if rows else None
     if not resume:  # curves start at the initial loss; evaluation draws no random numbers
-        val_loss = log_eval(0, None)
+        val_loss = log_eval(0, None, 0, 0)
     max_steps = config.steps or math.inf
     budget = config.time_budget or math.inf
     bar = tqdm(
@@ -314,6 +358,10 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            # Clipping a weighted gradient biases it; how often it happens is logged per sampler.
+            clipped = bool(grad_norm > config.clip)
+            clipped_steps += clipped
+            recent_clipped += clipped
             if ctx.any(not (torch.isfinite(loss) and torch.isfinite(grad_norm))):
                 if not config.skip_nonfinite:
                     path = snapshot(step)
@@ -331,12 +379,12 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 miner.after_step(step)
             clock += time.perf_counter() - tick
             step += 1
-            recent_loss.append(float(output.loss.detach().mean()))
+            recent_loss.append(float(loss.detach()))  # weighted: unbiased under importance draws
             bar.update(1)
 
             if step % config.eval_every == 0:
-                val_loss = log_eval(step, float(np.mean(recent_loss)))
-                recent_loss = []
+                val_loss = log_eval(step, float(np.mean(recent_loss)), len(recent_loss), recent_clipped)
+                recent_loss, recent_clipped = [], 0
                 bar.set_postfix(val=f"{val_loss:.4f}", t=f"{clock:.0f}s")
                 if config.target_loss is not None and val_loss <= config.target_loss:
                     time_to_target = time_to_target if time_to_target is not None else clock
@@ -346,7 +394,9 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 snapshot(step)
     bar.close()
     if metrics.rows[-1]["step"] != step:
-        val_loss = log_eval(step, float(np.mean(recent_loss)) if recent_loss else None)
+        val_loss = log_eval(
+            step, float(np.mean(recent_loss)) if recent_loss else None, len(recent_loss), recent_clipped
+        )
     metrics.close()
     ckpt = snapshot(step)
     rank_speeds = ctx.gather_object(step / clock if clock > 0 else None)
@@ -372,6 +422,9 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
         "params_sha256": rank_shas[0],
         "init_params_sha256": init_sha,
         "skipped_nonfinite_steps": skipped,
+        "clipped_share": clipped_steps / max(1, step),
+        "final_val_acc": metrics.rows[-1]["val_acc"],
+        "final_train_eval_loss": metrics.rows[-1]["train_eval_loss"],
         "data_stats": data.stats(),
         "config": _jsonable(asdict(config)),
         "checkpoint": str(ckpt),
