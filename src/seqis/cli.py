@@ -129,6 +129,12 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         default=1.2,
         help="switch IS on when the estimated variance gain reaches this",
     )
+    p.add_argument(
+        "--min-gain-off",
+        type=_positive_float,
+        default=1.0,
+        help="switch IS off when the variance cut it delivers falls below this",
+    )
     p.add_argument("--always-on", action="store_true", help="never fall back to uniform")
     p.add_argument(
         "--factor",
@@ -247,6 +253,7 @@ def train_config(args, **overrides):
             smoothing=args.smoothing,
             refresh_fraction=args.refresh_fraction,
             min_gain=args.min_gain,
+            min_gain_off=args.min_gain_off,
             always_on=args.always_on,
             factor=args.factor,
             prune_ratio=args.prune_ratio,

@@ -92,6 +92,8 @@ class TrainConfig:
         if not 0 < self.mining.smoothing <= 1:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ConfigError(f"--smoothing must be in (0, 1], got {self.mining.smoothing}")
+        if self.mining.min_gain_off > self.mining.min_gain:
+            raise ConfigError("--min-gain-off must not exceed --min-gain (the switch would flap)")
         if not 0 <= self.mining.prune_ratio < 1 or not 0 <= self.mining.prune_anneal <= 1:
             raise ConfigError("--prune-ratio must be in [0, 1) and --prune-anneal in [0, 1]")
         if self.sampler == "prune" and self.mining.factor not in ("fim", "loss", "gradnorm"):
@@ -374,7 +376,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             else:
                 optimizer.step()
                 if miner is not None:
-                    miner.harvest(batch.index, output, step)
+                    miner.harvest(batch.index, output, step, weights)
             if miner is not None:
                 miner.after_step(step)
             clock += time.perf_counter() - tick

@@ -1,0 +1,89 @@
+"""The switch and the reported ceiling read fresh, weight-corrected factors, never the stale store."""
+
+import numpy as np
+import pytest
+import torch
+
+from seqis.data.registry import load_data
+from seqis.importance.mining import Miner, MiningConfig, delivered_gain, estimated_gain, weighted_ceiling
+from seqis.models.rnn import ModelOutput
+from seqis.sampling.sampler import ImportanceSampler
+
+
+def _out(factors: torch.Tensor) -> ModelOutput:
+    """A forward output whose 'loss' factors are ``factors`` (the miner harvests them as they are)."""
+    b = len(factors)
+    return ModelOutput(torch.zeros(b, 1, 2), torch.zeros(b, 1, 2), torch.zeros(b, 1, dtype=torch.long),
+                       torch.ones(b, 1, dtype=torch.bool), factors)  # fmt: skip
+
+
+@pytest.fixture
+def miner():
+    data = load_data("digits")
+    sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
+    config = MiningConfig(factor="loss", refresh_fraction=0.0, check_every=50, warmup_steps=50)
+    return Miner(sampler, model=None, data=data, config=config)
+
+
+def _train(miner, steps, fresh, start=0):
+    """Draw, harvest ``fresh(index, step)`` with the draw's weights, let the miner decide."""
+    for step in range(start, start + steps):
+        index, weights = miner.sampler.draw()
+        miner.harvest(index, _out(fresh(index, step)), step, weights)
+        miner.after_step(step)
+
+
+def test_on_state_reads_the_fresh_harvest_not_the_store(miner):
+    rng = np.random.default_rng(0)
+    spread = torch.from_numpy(rng.uniform(0.95, 1.05, 2000)).float()  # true gain ~1.001
+
+    def fresh(index, step):  # sequences hardly differ, but every factor falls as the model learns
+        return spread[index] * float(np.exp(-step / 15))
+
+    miner.sampler.record(miner.sampler.indices, fresh(miner.sampler.indices, 0), 0)
+    miner.sampler.active = True
+    _train(miner, 49, fresh)
+    stored = miner.sampler.factors.copy()
+    assert estimated_gain(stored, 0.2) > 1.2  # the store reads the fall of the loss as spread
+    _train(miner, 1, fresh, start=49)  # the first decision
+    step, gain, active = miner.gain_history[-1]
+    assert step == 50 and gain < 1.05 and not active
+    assert miner.summary()["factor_ceiling"] is None  # no fresh sample right after a switch
+    _train(miner, 8, fresh, start=50)
+    summary = miner.summary()
+    assert summary["factor_ceiling"] < 1.01 < 1.2 < estimated_gain(stored, 0.0)
+    assert summary["factor_ceiling_sample"] == {"sequences": 16, "first_step": 52, "last_step": 56}
+
+
+def test_switch_clears_the_harvest_sample_and_skips_o_n_work_while_off(miner, monkeypatch):
+    calls = []
+    monkeypatch.setattr(miner.sampler, "rebuild", lambda: calls.append("rebuild"))
+    heavy = torch.linspace(0.01, 10.0, 2000) ** 3  # a heavy tail: IS pays
+
+    _train(miner, 50, lambda index, step: heavy[index])
+    assert miner.sampler.active and miner.gain_history[-1][1] > 1.2
+    assert miner._harvest_sample()[1].size == 0  # the uniform sample is gone after the switch
+    _train(miner, 10, lambda index, step: heavy[index], start=50)
+    steps, _, w = miner._harvest_sample()
+    assert steps.min() >= 50 and (w != 1).any()  # only importance-drawn harvests, with weights
+
+    off = ImportanceSampler(miner.sampler.indices, batch_size=64, smoothing=0.2, seed=0)
+    monkeypatch.setattr(off, "rebuild", lambda: calls.append("rebuild"))
+    calls.clear()
+    flat = Miner(off, None, miner.data, MiningConfig(factor="loss", refresh_fraction=0.0))
+    _train(flat, 400, lambda index, step: torch.ones(len(index)))
+    assert not off.active and len(flat.gain_history) == 8 and calls == []  # no O(N) rebuilds
+
+
+def test_delivered_gain_and_weighted_ceiling_are_unbiased():
+    rng = np.random.default_rng(1)
+    s = rng.lognormal(0.0, 1.0, 5000)
+    sampler = ImportanceSampler(range(len(s)), batch_size=4096, smoothing=0.2, seed=2)
+    sampler.record(torch.arange(len(s)), torch.from_numpy(s))
+    sampler.active = True
+    draws = [sampler.draw() for _ in range(25)]
+    idx = torch.cat([d[0] for d in draws]).numpy()
+    w = torch.cat([d[1] for d in draws]).double().numpy()
+    # with fresh factors, the cut the distribution delivers is the gain the switch predicts
+    assert delivered_gain(s[idx], w) == pytest.approx(estimated_gain(s, 0.2), rel=0.03)
+    assert weighted_ceiling(s[idx], w) == pytest.approx(estimated_gain(s, 0.0), rel=0.05)
