@@ -1,10 +1,13 @@
 """Run under torchrun by tests/test_distributed.py: checks that need real ranks.
 
 Modes: ``draws`` (global draw equals a single-process draw; the all-reduced weighted
-gradient equals the global batch's) and ``stall`` (a stalled rank fails the others within the timeout).
+gradient equals the global batch's), ``stall`` (a stalled rank fails the others within the
+timeout) and ``resume_choice`` (a rank whose own pick of the newest checkpoint would lag
+still resumes from rank 0's).
 """
 
 import json
+import os
 import sys
 import time
 
@@ -87,5 +90,24 @@ def stall(out_path: str) -> None:
         )
 
 
+def resume_choice(out_path: str) -> None:
+    from seqis.training import trainer
+    from seqis.training.checkpoint import list_checkpoints
+
+    config = trainer.TrainConfig(
+        data="digits:rows", sampler="fim", steps=40, batch_size=8, eval_every=20, checkpoint_every=20,
+        keep_checkpoints=3, device="cpu", out=out_path, progress=False, tensorboard=False,
+    )  # fmt: skip
+    config.model.hidden_size, config.model.num_layers = 8, 1
+    dist.init_process_group("gloo")  # the caller's group: train() must leave it open
+    trainer.train(config)
+    if int(os.environ["RANK"]) == 1:  # this rank's view lags: it would pick the older file
+        oldest = list_checkpoints(out_path)[0]
+        trainer.load_latest = lambda out: (trainer.load_checkpoint(oldest), oldest)
+    config.steps = 60
+    trainer.train(config, resume=True)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    {"draws": draws, "stall": stall}[sys.argv[1]](sys.argv[2])
+    {"draws": draws, "stall": stall, "resume_choice": resume_choice}[sys.argv[1]](sys.argv[2])

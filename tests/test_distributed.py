@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from seqis.training.checkpoint import load_latest
 from tests.conftest import run_cli
 
 HERE = Path(__file__).parent
@@ -66,3 +70,29 @@ def test_stalled_rank_fails_survivor_within_timeout(tmp_path):
     r = json.loads(result.read_text())
     assert r["is_dist_error"], r["outcome"]
     assert r["seconds"] < 15  # the 3 s timeout, not the 20 s stall
+
+
+def test_two_processes_match_one_process_of_the_same_global_batch(tmp_path):
+    train = "train --data digits:rows --sampler uniform --eval-every 10 --target-loss 2.1".split()
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli(*train, "--batch-size", "32", "--steps", "200", "--out", str(one), *TINY)
+    assert single.returncode == 0, single.stderr[-2000:]
+    proc = torchrun(
+        "-m", "seqis.cli", *train, "--batch-size", "16", "--steps", "200", "--out", str(two), *TINY
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    # validation is split across ranks and all-reduced: the target stops both ranks at one step
+    assert b["stopped_by"] == a["stopped_by"] == "target_loss" and b["steps"] == a["steps"] < 200
+    assert b["final_val_loss"] == pytest.approx(a["final_val_loss"], abs=1e-5)
+    pa, pb = (load_latest(d)[0]["model"] for d in (one, two))
+    for name in pa:
+        assert torch.allclose(pa[name], pb[name], atol=1e-5), name
+
+
+def test_ranks_resume_from_the_checkpoint_rank_zero_chose(tmp_path):
+    out = tmp_path / "resume"
+    proc = torchrun(str(HERE / "ddp_worker.py"), "resume_choice", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 60 and len(set(summary["rank_params_sha256"])) == 1

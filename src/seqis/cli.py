@@ -89,8 +89,12 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         p.add_argument("--seed", type=int, default=0)
         p.add_argument(
             "--resume",
-            action="store_true",
-            help="continue the run in --out from its newest good checkpoint",
+            nargs="?",
+            const="",
+            metavar="RUN_DIR",
+            help="continue from the newest good checkpoint: '--resume RUN_DIR' with the run's saved "
+            "settings (only --steps, --time-budget, --target-loss may be added), or '--resume' with "
+            "--out and the same settings as before",
         )
         p.add_argument(
             "--skip-nonfinite",
@@ -136,6 +140,12 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         help="switch IS off when the variance cut it delivers falls below this",
     )
     p.add_argument("--always-on", action="store_true", help="never fall back to uniform")
+    p.add_argument(
+        "--refresh-batch",
+        type=_positive_int,
+        default=256,
+        help="sequences re-scored in one forward-only refresh pass while IS is on",
+    )
     p.add_argument(
         "--factor",
         choices=["fim", "loss", "gradnorm"],
@@ -204,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["seqis", *argv])
+    args.argv = argv
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch  # after the thread policy is set
 
@@ -254,6 +265,7 @@ def train_config(args, **overrides):
             refresh_fraction=args.refresh_fraction,
             min_gain=args.min_gain,
             min_gain_off=args.min_gain_off,
+            refresh_batch=args.refresh_batch,
             always_on=args.always_on,
             factor=args.factor,
             prune_ratio=args.prune_ratio,
@@ -281,11 +293,43 @@ def train_config(args, **overrides):
     return TrainConfig(**values)
 
 
+# With '--resume RUN_DIR' the saved settings stand; these only say when to stop or how to run.
+_RESUME_FLAGS = {"--resume", "--steps", "--time-budget", "--target-loss", "--threads", "--no-progress"}
+
+
+def saved_config(args):
+    """The configuration saved by the run in ``args.resume``, with new stopping flags applied."""
+    from dataclasses import replace
+
+    from seqis.errors import ConfigError
+    from seqis.training.trainer import TrainConfig
+
+    given = {token.split("=")[0] for token in args.argv if token.startswith("--")}
+    extra = sorted(given - _RESUME_FLAGS)
+    if extra:
+        raise ConfigError(
+            f"--resume RUN_DIR continues with the run's saved settings; {', '.join(extra)} cannot be "
+            "changed (only --steps, --time-budget, --target-loss)"
+        )
+    path = Path(args.resume) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"no saved run configuration at {path}: is {args.resume} a seqis run folder?"
+        ) from None
+    config = TrainConfig.from_dict(saved)
+    stops = {k: getattr(args, k) for k in ("steps", "time_budget", "target_loss") if getattr(args, k)}
+    return replace(config, out=args.resume, progress=not args.no_progress, **stops)
+
+
 def _cmd_train(args) -> int:
     from seqis.experiments.plots import plot_run
     from seqis.training.trainer import train
 
-    summary = train(train_config(args), resume=args.resume)
+    config = train_config(args) if not args.resume else saved_config(args)
+    summary = train(config, resume=args.resume is not None)
+    args.out = config.out
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 130 if summary["stopped_by"] == "signal" else 0
     out = Path(args.out)

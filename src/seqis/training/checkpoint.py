@@ -9,6 +9,7 @@ loads, so a truncated or corrupted file costs one checkpoint interval, not the r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -33,19 +34,43 @@ def save_checkpoint(out: Path, step: int, state: dict, keep: int = 2) -> Path:
     final = folder / f"step-{step:09d}.pt"
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
     payload = {"format": 1, "step": step, "state": state}
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk or an interrupted save: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    _publish(tmp, final)
+    for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` over ``final`` and fsync the directory, so the rename survives a crash."""
     os.replace(tmp, final)
-    dir_fd = os.open(folder, os.O_RDONLY)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
-    return final
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _publish(tmp, path)
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -63,10 +88,7 @@ def load_latest(out: Path) -> tuple[dict, Path]:
         raise CheckpointError(f"no checkpoint to resume from in {checkpoint_dir(out)}")
     for path in reversed(candidates):
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-            if payload.get("format") != 1 or "state" not in payload:
-                raise ValueError("not a seqis checkpoint")
-            return payload["state"], path
+            return _read(path), path
         except Exception as e:  # any unreadable file: fall back to the previous one
             warnings.warn(
                 f"checkpoint {path} is unreadable ({e.__class__.__name__}); trying the previous one",
@@ -74,6 +96,21 @@ def load_latest(out: Path) -> tuple[dict, Path]:
                 stacklevel=2,
             )
     raise CheckpointError(f"every checkpoint in {checkpoint_dir(out)} is corrupted")
+
+
+def _read(path: Path) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != 1 or "state" not in payload:
+        raise ValueError("not a seqis checkpoint")
+    return payload["state"]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state in one checkpoint file; an unreadable one is a :class:`CheckpointError`."""
+    try:
+        return _read(path)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({e.__class__.__name__}: {e})") from None
 
 
 def params_sha256(model: nn.Module) -> str:

@@ -28,6 +28,7 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # created the process group, so it destroys it in close()
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +44,8 @@ class DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()  # a caller's own group is left to the caller
+        if owns:
             use_cuda = device != "cpu" and torch.cuda.is_available()
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
@@ -51,7 +53,7 @@ class DistContext:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device != "cpu" and torch.cuda.is_available():
             torch.cuda.set_device(local)
-        return cls(dist.get_rank(), dist.get_world_size(), local)
+        return cls(dist.get_rank(), dist.get_world_size(), local, owns)
 
     def shard(self, global_batch: Tensor) -> Tensor:
         """This rank's contiguous slice of a global batch."""
@@ -76,6 +78,22 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def sum(self, tensor: Tensor) -> Tensor:
+        """The element-wise sum of ``tensor`` over ranks, on every rank."""
+        if not self.enabled:
+            return tensor
+        summed = tensor.to(self.comm_device)
+        dist.all_reduce(summed)
+        return summed.cpu()
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_object(self, obj) -> list:
         if not self.enabled:
             return [obj]
@@ -94,5 +112,5 @@ class DistContext:
         return torch.device("cpu")
 
     def close(self) -> None:
-        if self.enabled and dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -32,12 +32,25 @@ from seqis.sampling.sampler import (
     PruningSampler,
     UniformBatchSampler,
 )
-from seqis.training.checkpoint import checkpoint_dir, load_latest, params_sha256, save_checkpoint
+from seqis.training.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    load_latest,
+    params_sha256,
+    save_checkpoint,
+    write_json_atomic,
+)
 from seqis.training.distributed import DistContext
 from seqis.training.metrics import MetricsLog
 
 SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact", "prune")
-_COLLECTIVE_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|peer|gloo|nccl", re.I)
+# What gloo and NCCL say when a peer is gone or stalled; any other RuntimeError (out of memory,
+# a shape mismatch) is reported as itself, even when it mentions the backend.
+_COLLECTIVE_FAILURE = re.compile(
+    r"timed out|timeout|connection (closed|reset|refused)|closed by peer|peer .*(closed|reset)"
+    r"|broken pipe|nccl.*(abort|watchdog)",
+    re.I,
+)
 
 
 @dataclass
@@ -101,16 +114,59 @@ class TrainConfig:
         if self.mining.refresh_fraction < 0 or self.mining.refresh_batch < 1:
             raise ConfigError("--refresh-fraction must be >= 0 and --refresh-batch >= 1")
 
-    def compatibility_key(self) -> dict:
-        """What must match for a checkpoint to be resumed under this configuration."""
-        return {
-            "data": self.data,
-            "data_options": asdict(self.data_options),
-            "model": asdict(self.model),
-            "sampler": self.sampler,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
+    def changes_from(self, saved: dict) -> list[str]:
+        """Settings that differ from a saved configuration and would change the run.
+
+        Stopping, output and measurement settings may change on resume; everything else
+        (data, model, sampler, optimizer, learning rate, clipping, mining...) must not.
+        """
+        now = _flat(_jsonable(asdict(self)))
+        before = _flat(saved)
+        return [
+            f"{key} {before.get(key)!r} -> {now.get(key)!r}"
+            for key in sorted(set(now) | set(before))
+            if key not in RESUME_MAY_CHANGE and now.get(key) != before.get(key)
+        ]
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        """The configuration a run saved (``config.json`` or a checkpoint's ``config``)."""
+        nested = {
+            "data_options": DataOptions(**saved["data_options"]),
+            "model": ModelConfig(**saved["model"]),
+            "mining": MiningConfig(**saved["mining"]),
         }
+        return cls(**{**saved, **nested})
+
+
+# Changing these on resume changes when a run stops, where it writes or what it measures, not
+# what it trains; every other setting must match the checkpoint.
+RESUME_MAY_CHANGE = {
+    "steps",
+    "time_budget",
+    "target_loss",
+    "out",
+    "progress",
+    "tensorboard",
+    "device",
+    "dist_timeout",
+    "eval_every",
+    "train_eval_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "skip_nonfinite",
+    "data_options.val_size",
+}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,18 +191,29 @@ def ensure_writable(out: Path) -> None:
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, data: SequenceData, index: torch.Tensor, device: torch.device, batch: int = 512
+    model: torch.nn.Module,
+    data: SequenceData,
+    index: torch.Tensor,
+    device: torch.device,
+    batch: int = 512,
+    ctx: DistContext | None = None,
 ) -> tuple[float, float | None]:
-    """Mean per-sequence loss over sequences ``index``, and accuracy for classification."""
+    """Mean per-sequence loss over sequences ``index``, and accuracy for classification.
+
+    Under ``torch.distributed`` each rank evaluates every ``world``-th sequence and the sums
+    are all-reduced, so every rank gets the same figures (and the same stop decision).
+    """
+    ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    total, correct = 0.0, 0
-    for chunk in index.split(batch):
+    sums = torch.zeros(2, dtype=torch.float64)
+    for chunk in index[ctx.rank :: ctx.world].split(batch):
         out = model(data.batch(chunk).to(device))
-        total += float(out.loss.sum())
+        sums[0] += float(out.loss.double().sum())
         if data.task == CLASSIFY:
-            correct += int((out.logits[:, 0].argmax(-1) == out.targets[:, 0]).sum())
+            sums[1] += int((out.logits[:, 0].argmax(-1) == out.targets[:, 0]).sum())
     model.train(was_training)
+    total, correct = ctx.sum(sums).tolist()
     return total / len(index), (correct / len(index) if data.task == CLASSIFY else None)
 
 
@@ -173,6 +240,10 @@ class _StopSignal:
 
     def _handle(self, signum, frame):
         self.received = signum
+        # The next signal gets the previous (default) handler: a stuck process can still be
+        # interrupted by pressing Ctrl-C twice.
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -250,6 +321,10 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
     if ctx.is_main:
         ensure_writable(out)
     data, device, model, optimizer, sampler, miner = build(config, data, ctx)
+    if ctx.is_main:
+        # A summary from an earlier segment must not look like this run's result if it fails.
+        (out / "summary.json").unlink(missing_ok=True)
+        write_json_atomic(out / "config.json", _jsonable(asdict(config)))
     net = DistributedDataParallel(model) if ctx.enabled else model
     init_sha = params_sha256(model)
 
@@ -257,16 +332,20 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
     clipped_steps, recent_clipped = 0, 0
     train_eval_idx = train_eval_subset(data, config.train_eval_size)
     if resume:
-        state, path = load_latest(out)
+        # Rank 0 chooses, every rank loads that file: a lagging or corrupted copy on one rank
+        # fails loudly instead of letting the ranks diverge.
+        chosen = ctx.broadcast_object(str(load_latest(out)[1]) if ctx.is_main else None)
+        state, path = load_checkpoint(Path(chosen)), Path(chosen)
         if state.get("world_size", 1) != ctx.world:
             raise CheckpointError(
                 f"checkpoint {path} was written by {state.get('world_size', 1)} process(es), this "
                 f"run has {ctx.world}; resume with the same number of processes"
             )
-        if state["compat"] != config.compatibility_key():
+        changed = config.changes_from(state["config"])
+        if changed:
             raise CheckpointError(
-                f"checkpoint {path} was written with a different configuration "
-                "(data, model, sampler, batch size or seed); refusing to resume"
+                f"checkpoint {path} was written with other settings ({'; '.join(changed)}); "
+                f"resume with the same ones, or continue the saved run with: seqis train --resume {out}"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -274,6 +353,9 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
         if miner is not None:
             miner.load_state_dict(state["miner"])
         torch.set_rng_state(state["torch_rng"][ctx.rank])
+        cuda_rng = state["cuda_rng"][ctx.rank]
+        if cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_rng)
         start_step, clock, rows, skipped = state["step"], state["clock"], state["metrics"], state["skipped"]
         clipped_steps, recent_clipped = state["clipped_steps"], state["recent_clipped"]
         time_to_target, init_sha, recent_loss = (
@@ -286,8 +368,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
     metrics = MetricsLog(out, rows, tensorboard=config.tensorboard, write=ctx.is_main)
 
     def log_eval(step: int, train_loss: float | None, since: int, clipped: int) -> float:
-        val, val_acc = evaluate(model, data, data.val_idx, device)
-        train_eval, _ = evaluate(model, data, train_eval_idx, device)
+        val, val_acc = evaluate(model, data, data.val_idx, device, ctx=ctx)
+        train_eval, _ = evaluate(model, data, train_eval_idx, device, ctx=ctx)
         metrics.log(
             {
                 "step": step,
@@ -306,8 +388,10 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
 
     def snapshot(step: int) -> Path:
         rng = ctx.gather_object(torch.get_rng_state())
+        cuda_rng = ctx.gather_object(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
         state = {
-            "compat": config.compatibility_key(),
+            "config": _jsonable(asdict(config)),
+            "cuda_rng": cuda_rng,
             "world_size": ctx.world,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -388,6 +472,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 val_loss = log_eval(step, float(np.mean(recent_loss)), len(recent_loss), recent_clipped)
                 recent_loss, recent_clipped = [], 0
                 bar.set_postfix(val=f"{val_loss:.4f}", t=f"{clock:.0f}s")
+                # val_loss is the same on every rank (all-reduced), so all ranks stop together.
                 if config.target_loss is not None and val_loss <= config.target_loss:
                     time_to_target = time_to_target if time_to_target is not None else clock
                     stopped_by = "target_loss"
@@ -395,12 +480,16 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             if step % config.checkpoint_every == 0:
                 snapshot(step)
     bar.close()
-    if metrics.rows[-1]["step"] != step:
+    if stopped_by == "signal":
+        # A preemption's grace period is short: save first, skip the closing validation.
+        ckpt = snapshot(step)
+    elif metrics.rows[-1]["step"] != step:
         val_loss = log_eval(
             step, float(np.mean(recent_loss)) if recent_loss else None, len(recent_loss), recent_clipped
         )
     metrics.close()
-    ckpt = snapshot(step)
+    if stopped_by != "signal":
+        ckpt = snapshot(step)
     rank_speeds = ctx.gather_object(step / clock if clock > 0 else None)
     rank_shas = ctx.gather_object(params_sha256(model))
     summary = {
@@ -438,7 +527,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
     else:
         summary.update(mining_time_s=0.0, mining_share=0.0, is_active_share=0.0)
     if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(out / "summary.json", summary)
     if stopped_by == "signal":
         summary["signal"] = stop.received
     return summary
