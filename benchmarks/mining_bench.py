@@ -1,10 +1,10 @@
 """Mining share and per-step overhead of `fim` vs `uniform`, measured in one run. Prints JSON.
 
 Targets (issue #3): mining <= 5% of wall time; per-step overhead of the sampler and
-weighting <= 2%. Three modes: uniform; fim with the switch (on data where the switch stays
-off, the overhead is the 4-sequence harvest alone); fim forced on (the worst case: full
-harvest, tree updates, refresh). Modes alternate in short rounds so that machine noise hits
-them alike; ratios are taken within the run.
+weighting <= 2%. Three modes: uniform; fim with the switch (on data where the switch
+stays off, the overhead is the switch's harvest alone: 8 sequences every 4 steps); fim
+forced on (the worst case: full harvest, tree updates, refresh). Modes alternate in short
+rounds so that machine noise hits them alike; ratios are taken within the run.
 
 Run: python benchmarks/mining_bench.py [--data stdlib,ucr:JapaneseVowels] [--hidden 256 --layers 2]
 """

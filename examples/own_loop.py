@@ -8,6 +8,7 @@ Run: python examples/own_loop.py [--steps 300]
 """
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class CharLSTM(nn.Module):
         return self.head(hidden), hidden
 
 
-def main(steps: int = 300) -> float:
+def main(steps: int = 300, always_on: bool = False) -> dict:
     torch.manual_seed(0)
     data = load_data("stdlib", DataOptions(seq_len=64, max_chars=300_000))
     train_set = Windows(data.inputs[data.train_idx], data.targets[data.train_idx])
@@ -71,7 +72,8 @@ def main(steps: int = 300) -> float:
             sampler.record(batch["index"], fim_factors(out), step)  # (*) harvest factors
             if step == 50:  # (*) switch on once factors are known (seqis.Miner automates this)
                 sampler.rebuild()
-                sampler.active = estimated_gain(sampler.scores(), sampler.smoothing) >= 1.2
+                gain = estimated_gain(sampler.scores(), sampler.smoothing)
+                sampler.active = always_on or gain >= 1.2
                 print(f"importance sampling {'on' if sampler.active else 'off'}")
             step += 1
             if step % 100 == 0:
@@ -82,10 +84,12 @@ def main(steps: int = 300) -> float:
         val_x, val_y = data.inputs[data.val_idx], data.targets[data.val_idx]
         val = F.cross_entropy(model(val_x)[0].transpose(1, 2), val_y).item()
     print(f"validation loss after {steps} steps: {val:.3f}")
-    return val
+    return {"val_loss": val, "uniform_loss": math.log(len(data.vocab)), "is_active": sampler.active}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
-    main(parser.parse_args().steps)
+    parser.add_argument("--always-on", action="store_true", help="importance sampling from step 50")
+    args = parser.parse_args()
+    main(args.steps, args.always_on)

@@ -156,4 +156,11 @@ def test_own_loop_example_runs(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["own_loop.py", "--steps", "60"])
     path = Path(__file__).parents[1] / "examples" / "own_loop.py"
     namespace = runpy.run_path(str(path))
-    assert namespace["main"](60) < 3.5
+    switched, forced = namespace["main"](150), namespace["main"](150, always_on=True)
+    # character windows hardly differ: the switch stays uniform, as seqis train's does
+    assert not switched["is_active"] and forced["is_active"]
+    # both loops learn (a guess over the vocabulary scores uniform_loss), and forcing weighted
+    # importance draws from step 50 on trains about as well as uniform draws
+    for result in (switched, forced):
+        assert result["val_loss"] < 0.75 * result["uniform_loss"]
+    assert forced["val_loss"] == pytest.approx(switched["val_loss"], rel=0.1)

@@ -35,6 +35,11 @@ def _deltas(out: ModelOutput) -> Tensor:
     return delta
 
 
+def use_gram(steps: int, outputs: int, hidden: int) -> bool:
+    """Whether the Gram form (~T^2 (K + H) a sequence) is cheaper than the outer product (~T K H)."""
+    return steps * outputs * hidden > steps * steps * (outputs + hidden)
+
+
 @torch.no_grad()
 def fim_factors(out: ModelOutput) -> Tensor:
     """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd.
@@ -49,7 +54,7 @@ def fim_factors(out: ModelOutput) -> Tensor:
     bias_sq = delta.sum(1).pow(2).sum(1)
     if t == 1:  # classification: the outer product's norm is the product of the norms
         weight_sq = delta.pow(2).sum((1, 2)) * hidden.pow(2).sum((1, 2))
-    elif t * k * h <= t * t * (k + h):
+    elif not use_gram(t, k, h):
         weight_sq = torch.bmm(delta.transpose(1, 2), hidden).pow(2).sum((1, 2))
     else:  # Gram form: sum_{t,t'} (delta_t . delta_t') (h_t . h_t')
         delta_gram = torch.bmm(delta, delta.transpose(1, 2))
@@ -122,8 +127,3 @@ def score(kind: str, model: nn.Module, batch, out: ModelOutput | None = None) ->
         with torch.inference_mode():
             out = model(batch)
     return HARVESTERS[kind](out)
-
-
-def output_layer_grad_norms(model: nn.Module, batch) -> Tensor:
-    """Autograd reference for :func:`fim_factors` (one backward per sequence; for tests)."""
-    return _looped_grad_norms(model, batch, ["head.weight", "head.bias"])
