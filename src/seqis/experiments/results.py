@@ -160,8 +160,19 @@ NOTE = (
 )
 
 
+def total_minutes() -> float:
+    """How long the committed races took to run, all together (one at a time)."""
+    seconds = 0
+    for name in EXPERIMENTS:
+        meta = ROOT / RESULTS / name / "race.json"
+        if meta.exists():
+            seconds += json.loads(meta.read_text()).get("race_duration_s", 0)
+    return seconds / 60
+
+
 def write_tables() -> None:
-    (ROOT / RESULTS / "README.md").write_text(f"# Results\n\n{NOTE}\n\n{summarize()}\n")
+    duration = f"All races together took {total_minutes():.0f} minutes on the machine named in their reports."
+    (ROOT / RESULTS / "README.md").write_text(f"# Results\n\n{NOTE}\n\n{summarize()}\n\n{duration}\n")
     readme = ROOT / "README.md"
     text = readme.read_text()
     block = f"<!-- results:begin -->\n{NOTE}\n\n{summarize('docs/results/')}\n<!-- results:end -->"

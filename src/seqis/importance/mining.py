@@ -49,6 +49,7 @@ from torch import nn
 
 from seqis.data.base import SequenceData
 from seqis.importance.factors import FACTORS, HARVESTERS, score
+from seqis.importance.noise import NoiseScale
 from seqis.models.rnn import ModelOutput
 from seqis.sampling.sampler import ImportanceSampler
 from seqis.training.distributed import DistContext
@@ -135,16 +136,29 @@ class Miner:
         self.active_steps = 0
         self.steps = 0
         self.gain_history: list[tuple[int, float, bool]] = []
+        # The noise scale needs importance weights 1/(N p); pruning's 1/(1 - r) are not those.
+        self.noise = NoiseScale(sampler.batch_size) if isinstance(sampler, ImportanceSampler) else None
+        self.noise_history: list[tuple] = []  # (step, B, g, predicted step gain) at each decision
+        self._predicted_gain = 1.0  # the switch's latest fresh-factor gain, while IS is off
 
     # -- per step ----------------------------------------------------------------------------
     def harvest(
-        self, index: torch.Tensor, out: ModelOutput, step: int, weights: torch.Tensor | None = None
+        self,
+        index: torch.Tensor,
+        out: ModelOutput,
+        step: int,
+        weights: torch.Tensor | None = None,
+        batch_grad_sq: float | None = None,
     ) -> None:
         """Record factors of the sequences just trained on, from their own forward pass.
 
-        ``weights`` are the sampling weights the batch was drawn with (1 under uniform draws).
+        ``weights`` are the sampling weights the batch was drawn with (1 under uniform draws);
+        ``batch_grad_sq`` is the squared norm of the step's output-layer gradient before
+        clipping, for the noise scale.
         """
         weights = torch.ones(len(index)) if weights is None else weights
+        if self.noise is not None and batch_grad_sq is not None:
+            self.noise.observe_batch(batch_grad_sq)
         if not self.sampler.active:
             # Nothing is drawn from the factors while IS is off; the switch needs only a
             # uniform sample of them, and the rest of the harvest would be pure overhead.
@@ -167,6 +181,8 @@ class Miner:
         s, w = factors.double().numpy(), weights.double().numpy()
         good = np.isfinite(s) & (s >= 0)
         s, w = s[good], w[good]
+        if self.noise is not None:
+            self.noise.observe_samples(s, w, 1.0 if self.sampler.active else self._predicted_gain)
         mean = float(np.sum(w * s) / np.sum(w)) if s.size else 0.0  # uniform's mean, unbiased
         if mean > 0:
             self._scale = mean if self._scale is None else 0.7 * self._scale + 0.3 * mean
@@ -199,11 +215,22 @@ class Miner:
             self.sampler.active = gain >= self.config.min_gain_off
         else:
             gain = estimated_gain(s, self.config.smoothing)
+            self._predicted_gain = gain
             self.sampler.active = gain >= self.config.min_gain
         if self.sampler.active != was_active:
             self._recent.clear()  # the other regime's sample is biased for this one
         self.gain_history.append((step + 1, gain, self.sampler.active))
+        self.noise_history.append((step + 1, *self.noise_figures().values()))
         self.mining_time_s += time.perf_counter() - start
+
+    def noise_figures(self) -> dict:
+        """B, g and the predicted step gain now (None until the estimates exist)."""
+        noise = self.noise
+        return {
+            "noise_scale": noise.noise_scale if noise else None,
+            "variance_cut": noise.variance_cut if noise else None,
+            "predicted_step_gain": noise.predicted_step_gain() if noise else None,
+        }
 
     def _harvest_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Steps, scale-normalised factors and weights of the recent harvests."""
@@ -259,6 +286,7 @@ class Miner:
             },
             "factor_age_median_steps": self._median_age(),
             "estimated_gain_last": last_gain,
+            **self.noise_figures(),
             "repaired_factors": self.sampler.repaired,
         }
 
@@ -280,6 +308,9 @@ class Miner:
             "active_steps": self.active_steps,
             "steps": self.steps,
             "gain_history": list(self.gain_history),
+            "noise": self.noise.state_dict() if self.noise else None,
+            "noise_history": list(self.noise_history),
+            "predicted_gain": self._predicted_gain,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -293,3 +324,7 @@ class Miner:
         self.active_steps = state["active_steps"]
         self.steps = state["steps"]
         self.gain_history = [tuple(x) for x in state["gain_history"]]
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])
+        self.noise_history = [tuple(x) for x in state["noise_history"]]
+        self._predicted_gain = state["predicted_gain"]

@@ -17,6 +17,9 @@ COLUMNS = [
     "mining_time_s",
     "lr",
     "clipped_share",
+    "noise_scale",
+    "variance_cut",
+    "predicted_step_gain",
 ]
 
 

@@ -382,6 +382,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 "mining_time_s": miner.mining_time_s if miner else 0.0,
                 "lr": config.lr,
                 "clipped_share": clipped / since if since else None,
+                **(miner.noise_figures() if miner else {}),
             }
         )
         return val
@@ -443,6 +444,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             loss = (weights.to(device) * output.loss).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # The output layer's batch gradient before clipping: the noise scale's |G_b|^2.
+            head_sq = float(sum(p.grad.pow(2).sum() for p in model.head.parameters())) if miner else None
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             # Clipping a weighted gradient biases it; how often it happens is logged per sampler.
             clipped = bool(grad_norm > config.clip)
@@ -460,7 +463,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             else:
                 optimizer.step()
                 if miner is not None:
-                    miner.harvest(batch.index, output, step, weights)
+                    miner.harvest(batch.index, output, step, weights, head_sq)
             if miner is not None:
                 miner.after_step(step)
             clock += time.perf_counter() - tick
@@ -472,8 +475,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 val_loss = log_eval(step, float(np.mean(recent_loss)), len(recent_loss), recent_clipped)
                 recent_loss, recent_clipped = [], 0
                 bar.set_postfix(val=f"{val_loss:.4f}", t=f"{clock:.0f}s")
-                # val_loss is the same on every rank (all-reduced), so all ranks stop together.
-                if config.target_loss is not None and val_loss <= config.target_loss:
+                # Decided collectively: one rank leaving the loop would leave the others waiting.
+                if ctx.any(config.target_loss is not None and val_loss <= config.target_loss):
                     time_to_target = time_to_target if time_to_target is not None else clock
                     stopped_by = "target_loss"
                     break
@@ -524,6 +527,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
         summary.update(miner.summary())
         summary["mining_share"] = miner.mining_time_s / clock if clock > 0 else 0.0
         summary["gain_history"] = miner.gain_history
+        summary["noise_history"] = miner.noise_history
     else:
         summary.update(mining_time_s=0.0, mining_share=0.0, is_active_share=0.0)
     if ctx.is_main:

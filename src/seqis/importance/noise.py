@@ -1,0 +1,113 @@
+"""The output layer's gradient noise scale, and the step gain importance sampling predicts.
+
+McCandlish et al. (2018, "An Empirical Model of Large-Batch Training"): with gradient G and
+per-sample covariance Sigma, the simple noise scale B = tr(Sigma) / |G|^2 says how much
+gradient noise limits progress; a step with batch b makes progress in proportion to
+1 / (1 + B/b). Importance sampling that cuts the per-sample variance by g acts like a batch
+g times larger, so it saves steps by at most
+
+    predicted step gain = (1 + B/b) / (1 + B/(b g)).
+
+Both quantities come from what a step already has, for the output layer only: the squared
+norm of the batch's output-layer gradient before clipping, |G_b|^2, and the harvested
+per-sequence output-layer gradient norms s_i with their sampling weights w_i = 1/(N p_i).
+Taking expectations,
+
+    E|G_b|^2 = |G|^2 + (m_p - |G|^2) / b,   m_p = E_p[w^2 s^2]   (the drawn estimator's)
+    m_u = E_u[s^2] = E_p[w s^2]                                  (uniform's)
+
+so |G|^2 = (b E|G_b|^2 - m_p) / (b - 1), tr(Sigma_uniform) = m_u - |G|^2 and the variance
+cut of the distribution in use is g = (m_u - |G|^2) / (m_p - |G|^2). While importance
+sampling is off, m_p = m_u and g is the cut it *would* deliver, m_u / gain with the
+switch's fresh-factor gain. Each moment is an exponential moving average, so the ratios
+are ratios of averages, not averages of noisy ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class NoiseScale:
+    """Running estimate of B = tr(Sigma)/|G|^2 and of the variance cut g; O(1) an update.
+
+    Example:
+        >>> est = NoiseScale(batch_size=64)
+        >>> est.observe_batch(grad_sq=0.8)              # |G_b|^2 of a step, before clipping
+        >>> est.observe_samples(np.array([1.0, 2.0]), np.array([1.0, 1.0]))   # s_i, w_i
+        >>> est.noise_scale, est.variance_cut, est.predicted_step_gain()     # doctest: +SKIP
+    """
+
+    batch_size: int
+    decay: float = 0.98  # ~50 updates of memory
+    batch_sq: float | None = None  # E|G_b|^2
+    uniform_sq: float | None = None  # m_u = E_u[s^2]
+    drawn_sq: float | None = None  # m_p = E_p[w^2 s^2]
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else self.decay * old + (1.0 - self.decay) * new
+
+    def observe_batch(self, grad_sq: float) -> None:
+        """The squared norm of one step's output-layer gradient, before clipping."""
+        if np.isfinite(grad_sq):
+            self.batch_sq = self._ema(self.batch_sq, float(grad_sq))
+
+    def observe_samples(self, factors: np.ndarray, weights: np.ndarray, predicted_cut: float = 1.0) -> None:
+        """Harvested per-sequence gradient norms with the weights they were drawn with.
+
+        Under uniform draws pass the cut the switch predicts importance sampling would
+        deliver (second moments, ``estimated_gain``); the drawn moment is then uniform's
+        divided by it, so :attr:`variance_cut` and :meth:`predicted_step_gain` say what
+        switching on would buy.
+        """
+        s2 = np.asarray(factors, dtype=np.float64) ** 2
+        w = np.asarray(weights, dtype=np.float64)
+        good = np.isfinite(s2) & np.isfinite(w)
+        if not good.any():
+            return
+        s2, w = s2[good], w[good]
+        self.uniform_sq = self._ema(self.uniform_sq, float(np.mean(w * s2)))
+        self.drawn_sq = self._ema(self.drawn_sq, float(np.mean(w * w * s2)) / max(predicted_cut, 1e-12))
+
+    @property
+    def gradient_sq(self) -> float | None:
+        """|G|^2, from E|G_b|^2 and the drawn estimator's per-sample second moment."""
+        if self.batch_sq is None or self.drawn_sq is None:
+            return None
+        b = self.batch_size
+        return max((b * self.batch_sq - self.drawn_sq) / (b - 1), 1e-30) if b > 1 else None
+
+    @property
+    def noise_scale(self) -> float | None:
+        """B = tr(Sigma_uniform) / |G|^2 (in sequences)."""
+        g2 = self.gradient_sq
+        if g2 is None or self.uniform_sq is None:
+            return None
+        return max(self.uniform_sq - g2, 0.0) / g2
+
+    @property
+    def variance_cut(self) -> float | None:
+        """g = tr(Sigma_uniform) / tr(Sigma_drawn): delivered while on, predicted while off."""
+        g2 = self.gradient_sq
+        if g2 is None or self.uniform_sq is None:
+            return None
+        drawn = self.drawn_sq - g2
+        return max(self.uniform_sq - g2, 0.0) / drawn if drawn > 0 else None
+
+    def predicted_step_gain(self) -> float | None:
+        """(1 + B/b) / (1 + B/(b g)): fewer steps to the same loss, at most."""
+        b_noise, cut = self.noise_scale, self.variance_cut
+        if b_noise is None or cut is None or cut <= 0:
+            return None
+        b = self.batch_size
+        return (1.0 + b_noise / b) / (1.0 + b_noise / (b * cut))
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
