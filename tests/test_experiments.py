@@ -139,7 +139,9 @@ def test_diagnose_end_to_end(tmp_path, capsys):
     assert main(["diagnose", "--data", "digits:rows", "--steps", "60", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "diagnosis.json").read_text())
     assert report["ceiling"] >= 1.0 and report["cost_ratio"] > 0
-    assert (out / "factors.png").stat().st_size > 500
+    b_noise = report["noise_scale"]
+    assert b_noise > 0 and 1.0 <= report["predicted_step_gain"] <= 1 + b_noise / 64
+    assert (out / "factors.png").stat().st_size > 500 and (out / "noise.png").stat().st_size > 500
     assert "ceiling" in capsys.readouterr().out
     # judge an existing run's checkpoint instead of training again
     again = tmp_path / "again"

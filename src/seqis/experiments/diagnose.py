@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from seqis.errors import CheckpointError
-from seqis.experiments.plots import plot_histogram
+from seqis.experiments.plots import plot_histogram, plot_noise
 from seqis.importance.factors import score
 from seqis.importance.mining import ceiling, estimated_gain
+from seqis.importance.noise import NoiseScale
 from seqis.training.checkpoint import load_latest
 from seqis.training.trainer import TrainConfig, build, evaluate, train
 
@@ -44,6 +45,11 @@ def diagnose(
         final_val = summary["final_val_loss"]
     data, device, model, *_ = build(config)
     state, path = load_latest(Path(checkpoint or config.out))
+    noise = NoiseScale(config.batch_size)
+    miner_state = state.get("miner") or {}
+    if miner_state.get("noise"):
+        noise.load_state_dict(miner_state["noise"])
+    history = miner_state.get("noise_history", [])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
@@ -67,8 +73,13 @@ def diagnose(
     ceil = ceiling(s)
     gain = estimated_gain(s, config.mining.smoothing)
     overhead = config.mining.refresh_fraction * cost_ratio
-    wall_gain = gain / (1.0 + overhead)
-    pays = gain >= config.mining.min_gain and wall_gain > 1.0
+    b_noise = noise.noise_scale
+    step_gain = predicted_step_gain(b_noise, gain, config.batch_size)
+    wall_gain = step_gain / (1.0 + overhead) if step_gain is not None else None
+    pays = gain >= config.mining.min_gain and (wall_gain is None or wall_gain > 1.0)
+    noise_png = plot_noise(
+        history, Path(config.out) / "noise.png", f"{config.data}, batch {config.batch_size}"
+    )
     png = plot_histogram(
         s, Path(config.out) / "factors.png", f"{config.sampler} factors on {config.data} (ceiling {ceil:.3f})"
     )
@@ -78,8 +89,14 @@ def diagnose(
         f"{cost_ratio:.2f}x a training step per sequence, so mining at refresh fraction "
         f"{config.mining.refresh_fraction} costs ~{overhead:.1%} of step time. "
         + (
-            f"Importance sampling can pay: up to {gain:.2f}x fewer steps for the variance term, "
-            f"~{wall_gain:.2f}x in wall-clock at best."
+            f"Output-layer gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: "
+            f"a {gain:.2f}x variance cut predicts at most {step_gain:.2f}x fewer steps, "
+            f"~{wall_gain:.2f}x in wall-clock after mining. "
+            if b_noise is not None
+            else ""
+        )
+        + (
+            "Importance sampling can pay."
             if pays
             else f"Importance sampling cannot pay here (needs gain >= {config.mining.min_gain}); "
             "seqis will keep sampling uniformly, paying only the harvest."
@@ -100,7 +117,10 @@ def diagnose(
         "train_cost_per_seq_s": train_per_seq,
         "cost_ratio": cost_ratio,
         "mining_overhead": overhead,
+        "noise_scale": b_noise,
+        "predicted_step_gain": step_gain,
         "predicted_wall_clock_gain": wall_gain,
+        "noise_plot": str(noise_png) if noise_png else None,
         "is_pays": pays,
         "verdict": verdict,
         "histogram": str(png),
@@ -108,6 +128,21 @@ def diagnose(
     (Path(config.out) / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
     np.save(Path(config.out) / "factors.npy", s)
     return report
+
+
+def predicted_step_gain(noise_scale: float | None, gain: float, batch_size: int) -> float | None:
+    """(1 + B/b) / (1 + B/(b g)) for a second-moment gain ``gain``.
+
+    The formula wants g as a cut of the covariance; with |G|^2 = E[s^2] / (1 + B), a cut of
+    the second moment by ``gain`` is a covariance cut g = B gain / (1 + B - gain).
+    """
+    if noise_scale is None:
+        return None
+    b = batch_size
+    if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
+        return 1.0 + noise_scale / b
+    cut = noise_scale * gain / (1.0 + noise_scale - gain)
+    return (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
 
 
 def _time_training_step(model, data, batch_size: int, device, repeats: int = 5) -> float:

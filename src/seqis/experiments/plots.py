@@ -98,6 +98,23 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
     return _save(fig, png)
 
 
+def plot_noise(history: list, png: Path, title: str) -> Path | None:
+    """The noise scale B and the predicted step gain at each switch decision of a run."""
+    rows = [r for r in history if r[1] is not None and r[3] is not None]
+    if not rows:
+        return None
+    steps, b_noise, _, gain = (np.array(col, dtype=float) for col in zip(*rows, strict=True))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    top.plot(steps, b_noise)
+    top.set(ylabel="noise scale B (sequences)", title=title)
+    bottom.plot(steps, gain)
+    bottom.axhline(1.0, color="black", lw=0.8)
+    bottom.set(xlabel="step", ylabel="predicted step gain")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    return _save(fig, png)
+
+
 def _save(fig, png: Path) -> Path:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
