@@ -303,7 +303,18 @@ def _record(summary: dict) -> dict:
         "params_sha256",
         "steps_per_s",
     )
-    return {**{k: summary.get(k) for k in keys}, "lr": summary["config"]["lr"]}
+    return {
+        **{k: summary.get(k) for k in keys},
+        "lr": summary["config"]["lr"],
+        "predicted_step_gain": _predicted_while_on(summary),
+    }
+
+
+def _predicted_while_on(summary: dict) -> float | None:
+    """Median predicted step gain over the switch decisions that left importance sampling on."""
+    decisions = zip(summary.get("noise_history", []), summary.get("gain_history", []), strict=False)
+    gains = [noise[3] for noise, switch in decisions if switch[2] and noise[3] is not None]
+    return statistics.median(gains) if gains else None
 
 
 def _fmt(stat: dict) -> str:
@@ -349,7 +360,9 @@ def grid_table(result: dict) -> str:
 
 RUN_HEADER = (
     "| sampler | lr | steps | steps/s | best val loss | final val loss | best train_eval loss "
-    "| best val acc | mining share | IS active | clipped | ceiling |\n" + "|---" * 12 + "|"
+    "| best val acc | mining share | IS active | clipped | ceiling | predicted step gain |\n"
+    + "|---" * 13
+    + "|"
 )
 
 
@@ -376,6 +389,7 @@ def report(result: dict) -> str:
             _num(med("is_active_share"), ".0%"),
             _num(med("clipped_share"), ".0%"),
             _num(med("factor_ceiling"), ".3f"),
+            _num(med("predicted_step_gain"), ".2f"),
         ]
         per_sampler.append("| " + " | ".join(cells) + " |")
     budget = (
@@ -421,7 +435,10 @@ taken as its time, so the ratio is a bound. Evaluation is outside the clock.
 
 Best = the best value over the run's evaluations. Clipped = share of steps whose gradient
 norm was clipped (a clipped weighted gradient is no longer unbiased). The ceiling is
-E[s²]/E[s]² of the stored factors at the end of the run.
+E[s²]/E[s]² of the fresh factors at the end of the run. The predicted step gain is
+(1 + B/b)/(1 + B/(b g)) from the output layer's noise scale B and the variance cut g the
+distribution delivered, median over the switch decisions that kept importance sampling on;
+compare it with the measured step speedups above.
 
 {RUN_HEADER}
 {chr(10).join(per_sampler)}

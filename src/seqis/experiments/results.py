@@ -98,9 +98,9 @@ def summarize(link_prefix: str = "") -> str:
     """One row per race and non-uniform sampler: tuned-vs-tuned time speedups (steps beside)."""
     header = (
         "| race | sampler | lr | val loss @60% | val loss @100% | train_eval @90% | train_eval @100% "
-        "| val acc @100% | best val loss (uniform's) | IS active | mining | race time |"
+        "| val acc @100% | best val loss (uniform's) | IS active | mining | predicted step gain | race time |"
     )
-    rows = [header, "|---" * 12 + "|"]
+    rows = [header, "|---" * 13 + "|"]
     for name in EXPERIMENTS:
         path = ROOT / RESULTS / name / "summary.json"
         if not path.exists():
@@ -122,6 +122,7 @@ def summarize(link_prefix: str = "") -> str:
                 f"({_med(r['best']['val_loss'] for r in uniform):.4f})",
                 f"{_med(r['is_active_share'] for r in runs):.0%}",
                 f"{_med(r['mining_share'] for r in runs):.1%}",
+                _predicted(runs),
                 f"{result.get('race_duration_s', 0) / 60:.0f} min",
             ]
             rows.append("| " + " | ".join(cells) + " |")
@@ -130,6 +131,12 @@ def summarize(link_prefix: str = "") -> str:
 
 def _med(values) -> float:
     return statistics.median(list(values))
+
+
+def _predicted(runs: list[dict]) -> str:
+    values = [r.get("predicted_step_gain") for r in runs]
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):.2f}" if values else "–"
 
 
 def _cell(result: dict, metric: str, fraction: float, sampler: str) -> str:
@@ -154,7 +161,9 @@ NOTE = (
     "(in brackets the same ratio in training steps); above 1 is faster. Targets are uniform's "
     "running best at 60/90/100% of its steps (median over seeds); @100% is uniform's best, which "
     "about half of uniform's own seeds miss. * = at least one run never reached the target; its "
-    "whole run was taken as its time, so the ratio is a bound. Full tables, ranges and plots are "
+    "whole run was taken as its time, so the ratio is a bound. The predicted step gain is "
+    "(1 + B/b)/(1 + B/(b g)) from the output layer's noise scale and the delivered variance cut "
+    "(see docs/method.md); compare it with the bracketed step ratios. Full tables, ranges and plots are "
     "in each race's report. Regenerate with `make results` (race by race: "
     "`python -m seqis.experiments.results --only NAME`; tables only: `--summarize`)."
 )
