@@ -25,11 +25,12 @@ MODES = {
     "uniform": ("uniform", MiningConfig()),
     "fim_switch": ("fim", MiningConfig()),
     "fim_always_on": ("fim", MiningConfig(always_on=True, warmup_steps=1, check_every=10)),
+    "prune": ("prune", MiningConfig(warmup_steps=1, check_every=10)),
 }
 
 
 def steps_per_s(data, spec, sampler, mining, args, seed) -> tuple[float, float]:
-    model = ModelConfig(hidden_size=args.hidden, num_layers=args.layers)
+    model = ModelConfig(cell=args.model, hidden_size=args.hidden, num_layers=args.layers)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(
             data=spec,
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", choices=["lstm", "gru", "rnn"], default="lstm")
     parser.add_argument("--hidden", type=int, default=256, help="256 x 2 layers: the CLI default")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -73,14 +75,14 @@ def main() -> None:
         uni = float(np.median(speed["uniform"]))
         entry = {
             "data": spec,
-            "model": f"lstm {args.layers}x{args.hidden}",
+            "model": f"{args.model} {args.layers}x{args.hidden}",
             "batch": args.batch_size,
             "steps": args.steps,
             "rounds": args.rounds,
             "threads": args.threads,
             "uniform_steps_per_s": uni,
         }
-        for name in ("fim_switch", "fim_always_on"):
+        for name in ("fim_switch", "fim_always_on", "prune"):
             entry[f"{name}_steps_per_s"] = float(np.median(speed[name]))
             entry[f"{name}_overhead"] = uni / float(np.median(speed[name])) - 1.0
             entry[f"{name}_mining_share"] = float(np.median(share[name]))

@@ -54,9 +54,9 @@ def test_auto_targets_are_uniform_running_bests_at_step_fractions():
     rows_a = _rows([(0, 4.0), (30, 3.0), (60, 2.0), (90, 1.0), (100, 1.1)])  # steps 0..4
     rows_b = _rows([(0, 4.0), (30, 3.2), (60, 2.2), (90, 1.2), (100, 1.3)])
     # 30% of 4 steps -> step 1.2: bests 3.0 and 3.2; 60% -> step 2; 90%, 100% -> running best 1.0/1.2
-    assert auto_targets([rows_a, rows_b]) == [3.1, 2.1, 1.1]
+    assert auto_targets([rows_a, rows_b]) == [3.1, 2.1, 1.1, 1.1]  # no progress after 90%
     acc = [dict(r, val_acc=a) for r, a in zip(rows_a, [0.1, 0.5, 0.7, 0.6, 0.9], strict=True)]
-    assert auto_targets([acc], "val_acc") == [0.5, 0.7, 0.9]
+    assert auto_targets([acc], "val_acc") == [0.5, 0.7, 0.7, 0.9]  # 0.6 at step 3 is no best
     assert time_to_target(acc, 0.7, metric="val_acc") == 60
 
 

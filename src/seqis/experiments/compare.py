@@ -64,18 +64,15 @@ def running_best(rows: list[dict], when: float, key: str = "step", metric: str =
 def auto_targets(
     uniform_runs: list[list[dict]], metric: str = "val_loss", fractions=FRACTIONS
 ) -> list[float]:
-    """Uniform's running best at each fraction of its steps, median over seeds (duplicates dropped).
+    """Uniform's running best at each fraction of its steps, median over seeds.
 
     The last (100%) target is uniform's best: about half of uniform's own seeds reach it.
+    Where uniform stopped improving (it overfits), later targets repeat earlier ones.
     """
     targets: list[float] = []
     for f in fractions:
         values = [running_best(rows, f * rows[-1]["step"], "step", metric) for rows in uniform_runs]
-        values = [v for v in values if v is not None]
-        if values:
-            target = round(statistics.median(values), 6)
-            if target not in targets:
-                targets.append(target)
+        targets.append(round(statistics.median(v for v in values if v is not None), 6))
     return targets
 
 
@@ -326,7 +323,7 @@ def _fmt(stat: dict) -> str:
 
 def table(result: dict, key: str = "speedup", metric: str = "val_loss") -> str:
     targets = [str(t) for t in result["targets"][metric]]
-    header = [f"{f:.0%}: {float(t):.4f}" for f, t in zip(FRACTIONS, targets, strict=False)]
+    header = [f"{f:.0%}: {float(t):.4f}" for f, t in zip(FRACTIONS, targets, strict=True)]
     lines = ["| sampler | " + " | ".join(header) + " |", "|---|" + "---|" * len(targets)]
     for sampler, per_target in result[key][metric].items():
         lines.append(f"| {sampler} | " + " | ".join(_fmt(per_target[t]) for t in targets) + " |")

@@ -143,10 +143,7 @@ def _cell(result: dict, metric: str, fraction: float, sampler: str) -> str:
     """'time (steps)' speedup at uniform's target for ``fraction`` of its steps."""
     if metric not in result["targets"]:
         return "–"
-    # Targets were de-duplicated: a fraction whose target equals an earlier one maps to it.
-    targets = result["targets"][metric]
-    index = min(FRACTIONS.index(fraction), len(targets) - 1)
-    target = str(targets[index])
+    target = str(result["targets"][metric][FRACTIONS.index(fraction)])
     time_stat = result["speedup"][metric][sampler][target]
     step_stat = result["step_speedup"][metric][sampler][target]
     if time_stat["median"] is None:
