@@ -109,7 +109,7 @@ factor_values = st.floats(min_value=0.0, max_value=1e30, allow_nan=False) | st.s
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(factor_values, min_size=1, max_size=40),
-    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=1e-6, max_value=1.0),
     st.integers(min_value=1, max_value=8),
 )
 def test_sampler_properties(values, smoothing, batch_size):
@@ -222,3 +222,9 @@ def test_pruning_anneals_to_full_epochs_and_resumes_exactly():
     sampler.set_epoch(sampler.epoch + 1)  # an epoch that starts in the final share is full
     idx, w = sampler.draw()
     assert len(sampler._order) == n and (w == 1).all()
+
+
+def test_zero_smoothing_is_refused():
+    # a zero factor would never be drawn again, and weights would be unbounded
+    with pytest.raises(ValueError, match=r"smoothing must be in \(0, 1\]"):
+        ImportanceSampler(range(10), batch_size=2, smoothing=0.0)

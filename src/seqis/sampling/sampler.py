@@ -133,8 +133,9 @@ class ImportanceSampler(UniformBatchSampler):
         seed: int = 0,
     ):
         super().__init__(indices, batch_size, seed)
-        if not 0.0 <= smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        if not 0.0 < smoothing <= 1.0:
+            # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing
         self._active = False
         self._tree_stale = False  # factors recorded while inactive, not yet in the tree
