@@ -3,11 +3,15 @@
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from seqis.cli import main
+from seqis.data.registry import load_data
+from seqis.importance.mining import Miner, MiningConfig
+from seqis.sampling.sampler import ImportanceSampler
 from seqis.training import checkpoint, trainer
 from seqis.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from seqis.training.trainer import _COLLECTIVE_FAILURE, TrainConfig, _StopSignal
@@ -53,11 +57,13 @@ def test_resume_dir_continues_with_saved_settings(tmp_path, capsys):
     assert "no saved run configuration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sampler", ["fim", "gradnorm", "prune"])
-def test_resume_is_bit_exact_in_the_active_phase(tmp_path, sampler):
+@pytest.mark.parametrize(
+    "sampler,extra", [("fim", []), ("gradnorm", []), ("prune", []), ("fim", ["--lr-scale", "sqrt"])]
+)
+def test_resume_is_bit_exact_in_the_active_phase(tmp_path, sampler, extra):
     # IS on from step 50; refresh every 5 steps; digits has 101 steps an epoch, so prune's
     # second (pruned) epoch runs from step ~101 across the split at 110.
-    common = [*FIM, "--sampler", sampler, "--batch-size", "16", "--always-on", "--refresh-batch", "8"]
+    common = [*FIM, "--sampler", sampler, "--batch-size", "16", "--always-on", "--refresh-batch", "8", *extra]
     common += ["--prune-anneal", "0", "--checkpoint-every", "110", "--seed", "1"]
     assert main([*common, "--steps", "160", "--out", str(tmp_path / "straight")]) == 0
     assert main([*common, "--steps", "110", "--out", str(tmp_path / "split")]) == 0
@@ -137,3 +143,33 @@ def test_only_lost_peers_read_as_collective_failures():
     assert _COLLECTIVE_FAILURE.search("Timed out waiting 3000ms for recv operation to complete")
     assert not _COLLECTIVE_FAILURE.search("ProcessGroupGloo: out of memory allocating 4 GB")
     assert not _COLLECTIVE_FAILURE.search("gloo all_reduce: tensors must have the same shape")
+
+
+def test_lr_scaling_is_bounded_and_only_while_importance_sampling_is_on(tmp_path):
+    out = tmp_path / "scaled"
+    args = [*FIM, "--steps", "200", "--always-on", "--lr-scale", "linear", "--lr-scale-max", "1.5"]
+    assert main([*args, "--out", str(out)]) == 0
+    rows = load_latest(out)[0]["metrics"]
+    assert all(0.002 <= r["lr"] <= 0.002 * 1.5 + 1e-12 for r in rows)
+    assert all(r["lr"] == 0.002 for r in rows if r["step"] <= 50)  # importance sampling still off
+    assert any(r["lr"] > 0.002 for r in rows if r["is_active"])
+    with pytest.raises(SystemExit) as refused:  # a bad flag: one line, exit code 2
+        main([*FIM, "--steps", "5", "--lr-scale-max", "0.5", "--out", str(out)])
+    assert refused.value.code == 2
+
+
+def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
+    data = load_data("digits")
+    sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
+    config = MiningConfig(factor="loss", lr_scale="sqrt", lr_scale_max=1.5, refresh_fraction=0.0)
+    miner = Miner(sampler, None, data, config)
+    miner.noise = SimpleNamespace(noise_scale=10.0, variance_cut=9.0, predicted_step_gain=lambda: 2.0)
+    miner.decide(49)  # no harvest yet: the switch stays off, so the multiplier stays 1
+    assert not sampler.active and miner.lr_multiplier == 1.0
+    sampler.active, miner.config.always_on = True, True
+    miner.decide(99)
+    assert miner.lr_multiplier == pytest.approx(0.7 + 0.3 * 1.5)  # sqrt(9) = 3, bounded at 1.5
+    for step in range(20):
+        miner.decide(149 + 50 * step)
+    assert miner.lr_multiplier == pytest.approx(1.5, abs=1e-3)
+    assert miner.noise_history[-1][1:] == (True, 10.0, 9.0, 2.0)

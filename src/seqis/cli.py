@@ -147,6 +147,18 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         help="sequences re-scored in one forward-only refresh pass while IS is on",
     )
     p.add_argument(
+        "--lr-scale",
+        choices=["none", "sqrt", "linear"],
+        default="none",
+        help="while IS is on, scale the learning rate by rule(variance cut): sqrt suits Adam, linear SGD",
+    )
+    p.add_argument(
+        "--lr-scale-max",
+        type=_checked(float, lambda v: 1 <= v < float("inf"), "a number >= 1"),
+        default=2.0,
+        help="bound on the --lr-scale multiplier",
+    )
+    p.add_argument(
         "--factor",
         choices=["fim", "loss", "gradnorm"],
         default="fim",
@@ -266,6 +278,8 @@ def train_config(args, **overrides):
             min_gain=args.min_gain,
             min_gain_off=args.min_gain_off,
             refresh_batch=args.refresh_batch,
+            lr_scale=args.lr_scale,
+            lr_scale_max=args.lr_scale_max,
             always_on=args.always_on,
             factor=args.factor,
             prune_ratio=args.prune_ratio,

@@ -309,8 +309,7 @@ def _record(summary: dict) -> dict:
 
 def _predicted_while_on(summary: dict) -> float | None:
     """Median predicted step gain over the switch decisions that left importance sampling on."""
-    decisions = zip(summary.get("noise_history", []), summary.get("gain_history", []), strict=False)
-    gains = [noise[3] for noise, switch in decisions if switch[2] and noise[3] is not None]
+    gains = [row[4] for row in summary.get("noise_history", []) if row[1] and row[4] is not None]
     return statistics.median(gains) if gains else None
 
 

@@ -100,10 +100,10 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
 
 def plot_noise(history: list, png: Path, title: str) -> Path | None:
     """The noise scale B and the predicted step gain at each switch decision of a run."""
-    rows = [r for r in history if r[1] is not None and r[3] is not None]
+    rows = [(r[0], r[2], r[4]) for r in history if r[2] is not None and r[4] is not None]
     if not rows:
         return None
-    steps, b_noise, _, gain = (np.array(col, dtype=float) for col in zip(*rows, strict=True))
+    steps, b_noise, gain = (np.array(col, dtype=float) for col in zip(*rows, strict=True))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     top.plot(steps, b_noise)
     top.set(ylabel="noise scale B (sequences)", title=title)

@@ -70,12 +70,21 @@ class MiningConfig:
     switch_sample: int = 8  # while IS is off: sequences harvested every switch_every steps,
     switch_every: int = 4  # so a decision sees 100 of them
     always_on: bool = False  # skip the switch (for experiments)
+    lr_scale: str = "none"  # while IS is on, scale the lr by the variance cut: none, sqrt, linear
+    lr_scale_max: float = 2.0  # bound on that multiplier
     prune_ratio: float = 0.5  # --sampler prune: skip probability of a below-mean sequence
     prune_anneal: float = 0.125  # --sampler prune: final share of steps on full epochs
 
     def __post_init__(self) -> None:
         if self.factor not in FACTORS:
             raise ValueError(f"unknown importance factor {self.factor!r}; choose from {FACTORS}")
+        if self.lr_scale not in LR_RULES:
+            raise ValueError(f"unknown lr scaling {self.lr_scale!r}; choose from {', '.join(LR_RULES)}")
+
+
+# A variance cut g acts like a g times larger batch; larger batches take larger learning rates:
+# linearly for SGD, about as the square root for Adam (Johnson & Guestrin 2018 scale by the gain).
+LR_RULES = {"none": None, "sqrt": 0.5, "linear": 1.0}
 
 
 def estimated_gain(factors: np.ndarray, smoothing: float) -> float:
@@ -138,8 +147,10 @@ class Miner:
         self.gain_history: list[tuple[int, float, bool]] = []
         # The noise scale needs importance weights 1/(N p); pruning's 1/(1 - r) are not those.
         self.noise = NoiseScale(sampler.batch_size) if isinstance(sampler, ImportanceSampler) else None
-        self.noise_history: list[tuple] = []  # (step, B, g, predicted step gain) at each decision
+        # (step, IS on, B, g, predicted step gain) after each decision
+        self.noise_history: list[tuple] = []
         self._predicted_gain = 1.0  # the switch's latest fresh-factor gain, while IS is off
+        self.lr_multiplier = 1.0  # --lr-scale: the learning rate's factor, updated at decisions
 
     # -- per step ----------------------------------------------------------------------------
     def harvest(
@@ -204,24 +215,35 @@ class Miner:
 
     def decide(self, step: int) -> None:
         """Switch importance sampling on or off from the fresh harvest; O(harvest), never O(N)."""
-        if self.config.always_on:  # no decision to make
-            self.sampler.active = True
-            return
         start = time.perf_counter()
-        _, s, w = self._harvest_sample()
-        was_active = self.sampler.active
-        if was_active:
-            gain = delivered_gain(s, w)
-            self.sampler.active = gain >= self.config.min_gain_off
+        if self.config.always_on:  # no switch; the noise figures and the lr still follow the run
+            self.sampler.active = True
         else:
-            gain = estimated_gain(s, self.config.smoothing)
-            self._predicted_gain = gain
-            self.sampler.active = gain >= self.config.min_gain
-        if self.sampler.active != was_active:
-            self._recent.clear()  # the other regime's sample is biased for this one
-        self.gain_history.append((step + 1, gain, self.sampler.active))
-        self.noise_history.append((step + 1, *self.noise_figures().values()))
+            _, s, w = self._harvest_sample()
+            was_active = self.sampler.active
+            if was_active:
+                gain = delivered_gain(s, w)
+                self.sampler.active = gain >= self.config.min_gain_off
+            else:
+                gain = estimated_gain(s, self.config.smoothing)
+                self._predicted_gain = gain
+                self.sampler.active = gain >= self.config.min_gain
+            if self.sampler.active != was_active:
+                self._recent.clear()  # the other regime's sample is biased for this one
+            self.gain_history.append((step + 1, gain, self.sampler.active))
+        if self.noise is not None:
+            self.noise_history.append((step + 1, self.sampler.active, *self.noise_figures().values()))
+        self._update_lr_multiplier()
         self.mining_time_s += time.perf_counter() - start
+
+    def _update_lr_multiplier(self) -> None:
+        """Move the lr multiplier towards rule(g) while IS is on (1 while off), bounded, smoothed."""
+        power = LR_RULES[self.config.lr_scale]
+        if power is None:
+            return
+        cut = self.noise.variance_cut if self.noise is not None and self.sampler.active else None
+        target = 1.0 if cut is None else min(max(cut, 1.0) ** power, self.config.lr_scale_max)
+        self.lr_multiplier = 0.7 * self.lr_multiplier + 0.3 * target
 
     def noise_figures(self) -> dict:
         """B, g and the predicted step gain now (None until the estimates exist)."""
@@ -311,6 +333,7 @@ class Miner:
             "noise": self.noise.state_dict() if self.noise else None,
             "noise_history": list(self.noise_history),
             "predicted_gain": self._predicted_gain,
+            "lr_multiplier": self.lr_multiplier,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -328,3 +351,4 @@ class Miner:
             self.noise.load_state_dict(state["noise"])
         self.noise_history = [tuple(x) for x in state["noise_history"]]
         self._predicted_gain = state["predicted_gain"]
+        self.lr_multiplier = state["lr_multiplier"]

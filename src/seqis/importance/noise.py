@@ -78,7 +78,10 @@ class NoiseScale:
         if self.batch_sq is None or self.drawn_sq is None:
             return None
         b = self.batch_size
-        return max((b * self.batch_sq - self.drawn_sq) / (b - 1), 1e-30) if b > 1 else None
+        if b < 2:
+            return None
+        estimate = (b * self.batch_sq - self.drawn_sq) / (b - 1)
+        return estimate if estimate > 0 else None  # all noise so far: |G|^2 not yet identifiable
 
     @property
     def noise_scale(self) -> float | None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import DataOptions, load_data
 from seqis.errors import CheckpointError, ConfigError, SeqisError
-from seqis.importance.mining import Miner, MiningConfig
+from seqis.importance.mining import LR_RULES, Miner, MiningConfig
 from seqis.models.rnn import ModelConfig, RecurrentModel
 from seqis.sampling.sampler import (
     ImportanceSampler,
@@ -109,6 +109,8 @@ class TrainConfig:
             raise ConfigError("--min-gain-off must not exceed --min-gain (the switch would flap)")
         if not 0 <= self.mining.prune_ratio < 1 or not 0 <= self.mining.prune_anneal <= 1:
             raise ConfigError("--prune-ratio must be in [0, 1) and --prune-anneal in [0, 1]")
+        if self.mining.lr_scale not in LR_RULES or not self.mining.lr_scale_max >= 1:
+            raise ConfigError("--lr-scale must be none, sqrt or linear and --lr-scale-max >= 1")
         if self.sampler == "prune" and self.mining.factor not in ("fim", "loss", "gradnorm"):
             raise ConfigError(f"--factor must be fim, loss or gradnorm, got {self.mining.factor!r}")
         if self.mining.refresh_fraction < 0 or self.mining.refresh_batch < 1:
@@ -380,7 +382,7 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                 "train_eval_loss": train_eval,
                 "is_active": int(getattr(sampler, "active", False)),
                 "mining_time_s": miner.mining_time_s if miner else 0.0,
-                "lr": config.lr,
+                "lr": optimizer.param_groups[0]["lr"],
                 "clipped_share": clipped / since if since else None,
                 **(miner.noise_figures() if miner else {}),
             }
@@ -466,6 +468,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
                     miner.harvest(batch.index, output, step, weights, head_sq)
             if miner is not None:
                 miner.after_step(step)
+                for group in optimizer.param_groups:  # 1 unless --lr-scale is set
+                    group["lr"] = config.lr * miner.lr_multiplier
             clock += time.perf_counter() - tick
             step += 1
             recent_loss.append(float(loss.detach()))  # weighted: unbiased under importance draws
