@@ -166,3 +166,18 @@ def test_own_loop_example_runs(monkeypatch):
     for result in (switched, forced):
         assert result["val_loss"] < 0.75 * result["uniform_loss"]
     assert forced["val_loss"] == pytest.approx(switched["val_loss"], rel=0.1)
+
+
+def test_a_signal_stops_the_whole_race(tmp_path, monkeypatch, capsys):
+    from seqis.experiments import compare as compare_module
+
+    calls = []
+
+    def interrupted_train(config, data=None):
+        calls.append(config.sampler)
+        return {"stopped_by": "signal"}
+
+    monkeypatch.setattr(compare_module, "train", interrupted_train)
+    args = ["compare", "--data", "digits:rows", "--samplers", "fim", "--seeds", "2", "--steps", "5"]
+    assert main([*args, "--out", str(tmp_path / "race"), *TINY]) == 130
+    assert calls == ["uniform"] and "race stopped by a signal" in capsys.readouterr().out

@@ -199,7 +199,11 @@ def compare(
         bar.set_postfix_str(f"{sampler} lr {lr:g} seed {seed}")
         run_out = out / "runs" / run_name(sampler, lr, seed)
         config = replace(base, sampler=sampler, seed=seed, lr=lr, out=str(run_out), progress=False)
-        train(config, data=data)
+        if train(config, data=data)["stopped_by"] == "signal":
+            # The run saved its checkpoint and stopped; the signal was meant for the whole race.
+            bar.close()
+            print(f"race stopped by a signal after {i} complete run(s); they are in {out / 'runs'}")
+            raise KeyboardInterrupt
         elapsed = time.perf_counter() - started
         bar.set_postfix_str(f"~{elapsed / (i + 1) * (len(runs) - i - 1):.0f}s left")
     bar.close()
