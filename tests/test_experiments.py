@@ -181,3 +181,27 @@ def test_a_signal_stops_the_whole_race(tmp_path, monkeypatch, capsys):
     args = ["compare", "--data", "digits:rows", "--samplers", "fim", "--seeds", "2", "--steps", "5"]
     assert main([*args, "--out", str(tmp_path / "race"), *TINY]) == 130
     assert calls == ["uniform"] and "race stopped by a signal" in capsys.readouterr().out
+
+
+def test_results_driver_runs_skips_current_races_and_writes_tables(tmp_path, monkeypatch, capsys):
+    from seqis.experiments import results
+
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    tiny = (
+        "--data digits:rows --samplers uniform,fim --seeds 1 --steps 20 --eval-every 10 --hidden 8 --layers 1"
+    )
+    monkeypatch.setattr(results, "EXPERIMENTS", {"tiny": tiny})
+    (tmp_path / "README.md").write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n")
+    results.main(["--only", "tiny"])
+    race = tmp_path / "docs" / "results" / "tiny"
+    meta = json.loads((race / "race.json").read_text())
+    assert meta["command"].endswith("--out docs/results/tiny") and meta["race_duration_s"] >= 0
+    assert not list(race.glob("runs/*/checkpoints"))  # only what the report cites is kept
+    assert results.is_current("tiny")
+    results.main(["--only", "tiny"])
+    assert "tiny: current, report rebuilt" in capsys.readouterr().err
+    readme = (tmp_path / "README.md").read_text()
+    assert "| [tiny](docs/results/tiny/report.md) | fim | 0.002 |" in readme and readme.endswith("rest\n")
+    assert "All races together took" in (tmp_path / "docs" / "results" / "README.md").read_text()
+    monkeypatch.setattr(results, "EXPERIMENTS", {"tiny": tiny.replace("--steps 20", "--steps 30")})
+    assert not results.is_current("tiny")  # other arguments: the race must run again
