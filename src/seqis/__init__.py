@@ -1,13 +1,56 @@
 """seqis: importance-sampled training for recurrent networks.
 
-The package is organised by concern; import what you need from its module:
+The public API is importable from here; each name loads its module on first use, so
+``import seqis`` stays cheap. The package is organised by concern, lower layers first:
 
 - ``seqis.data``: sequence datasets with stable indices (``load_data``).
 - ``seqis.models``: RNN/GRU/LSTM models that return per-sequence losses.
-- ``seqis.importance``: importance factors (FIM and peers) and the factor store.
-- ``seqis.sampling``: the importance batch sampler and its sum tree.
+- ``seqis.importance``: importance factors (FIM, hooks on your output layer), the miner
+  (harvest, refresh, switch) and the noise-scale estimate.
+- ``seqis.sampling``: the batch samplers (uniform, importance, pruning) and DataLoader glue.
 - ``seqis.training``: a readable training loop, checkpoints, metrics.
 - ``seqis.experiments``: ``compare``, ``diagnose`` and the results reports.
+
+Example:
+    >>> import seqis
+    >>> sampler = seqis.ImportanceSampler(range(len(train_set)), batch_size=32)
+    >>> loader = DataLoader(seqis.WeightedDataset(train_set), batch_sampler=sampler,
+    ...                     collate_fn=seqis.weighted_collate(my_collate))
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "load_data": "seqis.data.registry",
+    "DataOptions": "seqis.data.registry",
+    "RecurrentModel": "seqis.models.rnn",
+    "ModelConfig": "seqis.models.rnn",
+    "fim_factors": "seqis.importance.factors",
+    "OutputLayerNorms": "seqis.importance.hooks",
+    "Miner": "seqis.importance.mining",
+    "MiningConfig": "seqis.importance.mining",
+    "estimated_gain": "seqis.importance.mining",
+    "NoiseScale": "seqis.importance.noise",
+    "UniformBatchSampler": "seqis.sampling.sampler",
+    "ImportanceSampler": "seqis.sampling.sampler",
+    "PruningSampler": "seqis.sampling.sampler",
+    "WeightedDataset": "seqis.sampling.loader",
+    "weighted_collate": "seqis.sampling.loader",
+    "TrainConfig": "seqis.training.trainer",
+    "train": "seqis.training.trainer",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'seqis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -42,23 +42,30 @@ def use_gram(steps: int, outputs: int, hidden: int) -> bool:
 
 @torch.no_grad()
 def fim_factors(out: ModelOutput) -> Tensor:
-    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd.
-
-    The weight and bias gradients are taken apart (||sum_t delta_t h_t^T||^2 + ||sum_t delta_t||^2)
-    rather than through [h; 1], which would copy the hidden states.
-    """
+    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd."""
     delta = _deltas(out)
-    hidden = out.hidden.detach().to(delta.dtype)
-    b, t, k = delta.shape
-    h = hidden.shape[-1]
-    bias_sq = delta.sum(1).pow(2).sum(1)
+    return output_layer_norms(delta, out.hidden.detach().to(delta.dtype))
+
+
+@torch.no_grad()
+def output_layer_norms(grads: Tensor, inputs: Tensor) -> Tensor:
+    """||sum_t g_t a_t^T||_F^2 + ||sum_t g_t||^2, square-rooted, per sequence: ``(B,)``.
+
+    ``grads`` ``(B, T, K)`` are the loss gradients w.r.t. a linear layer's outputs (zero at
+    padded steps), ``inputs`` ``(B, T, H)`` its inputs. The weight and bias gradients are taken
+    apart (rather than through [a; 1], which would copy the inputs); the weight term by the
+    outer product or the Gram form, whichever is cheaper for the shapes.
+    """
+    b, t, k = grads.shape
+    h = inputs.shape[-1]
+    bias_sq = grads.sum(1).pow(2).sum(1)
     if t == 1:  # classification: the outer product's norm is the product of the norms
-        weight_sq = delta.pow(2).sum((1, 2)) * hidden.pow(2).sum((1, 2))
+        weight_sq = grads.pow(2).sum((1, 2)) * inputs.pow(2).sum((1, 2))
     elif not use_gram(t, k, h):
-        weight_sq = torch.bmm(delta.transpose(1, 2), hidden).pow(2).sum((1, 2))
-    else:  # Gram form: sum_{t,t'} (delta_t . delta_t') (h_t . h_t')
-        delta_gram = torch.bmm(delta, delta.transpose(1, 2))
-        weight_sq = (delta_gram * torch.bmm(hidden, hidden.transpose(1, 2))).sum((1, 2))
+        weight_sq = torch.bmm(grads.transpose(1, 2), inputs).pow(2).sum((1, 2))
+    else:  # Gram form: sum_{t,t'} (g_t . g_t') (a_t . a_t')
+        grad_gram = torch.bmm(grads, grads.transpose(1, 2))
+        weight_sq = (grad_gram * torch.bmm(inputs, inputs.transpose(1, 2))).sum((1, 2))
     return (weight_sq + bias_sq).clamp_min(0).sqrt()
 
 

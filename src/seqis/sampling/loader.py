@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 
 class WeightedDataset(torch.utils.data.Dataset):
@@ -33,3 +35,23 @@ class WeightedDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, float] | int) -> dict[str, Any]:
         index, weight = key if isinstance(key, tuple) else (key, 1.0)
         return {"item": self.dataset[index], "index": index, "weight": torch.tensor(weight)}
+
+
+def weighted_collate(collate_fn: Callable[[list], Any] = default_collate) -> Callable[[list[dict]], tuple]:
+    """Wrap your ``collate_fn`` for a :class:`WeightedDataset` loader: batches become
+    ``(collate_fn(items), indices, weights)``, and ``collate_fn`` sees your dataset's items
+    exactly as without seqis (padding variable-length sequences, for example).
+
+    Example:
+        >>> loader = DataLoader(WeightedDataset(ds), batch_sampler=sampler,
+        ...                     collate_fn=weighted_collate(pad_collate))
+        >>> for batch, index, weight in loader:
+        ...     (weight * per_sequence_loss(model, batch)).mean().backward()
+    """
+
+    def collate(rows: list[dict]) -> tuple:
+        index = torch.tensor([row["index"] for row in rows], dtype=torch.long)
+        weight = torch.stack([row["weight"] for row in rows]).float()
+        return collate_fn([row["item"] for row in rows]), index, weight
+
+    return collate

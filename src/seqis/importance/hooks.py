@@ -1,0 +1,88 @@
+"""Importance factors from hooks on the user's own output layer, for any loss.
+
+As Opacus computes per-sample gradients from hooks on the user's layers, this records a
+``nn.Linear``'s inputs a (forward hook) and the loss gradients g w.r.t. its outputs (full
+backward hook) during the backward pass training already runs. The gradient of the loss
+w.r.t. the layer is then sum_i sum_t g_it a_it^T + sum_i sum_t g_it (bias), one term per
+sequence i, so each sequence's exact output-layer gradient norm follows with no extra pass,
+whatever the loss: label smoothing, class weights, token- or sequence-level normalisation.
+Padded steps contribute nothing as long as the loss masks them (their g is zero).
+
+A sequence's term carries the coefficient the loss gave it (its sampling weight, a 1/B from
+a mean); dividing by that coefficient makes the factor the norm of the sequence's own loss
+gradient, which is what importance sampling needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from seqis.importance.factors import output_layer_norms
+
+
+class OutputLayerNorms:
+    """Per-sequence output-layer gradient norms, from hooks on ``layer``.
+
+    Example:
+        >>> norms = OutputLayerNorms(model.head)            # the model's output nn.Linear
+        >>> loss = (weights * per_sequence_loss(model(x), y)).mean()
+        >>> loss.backward()
+        >>> factors = norms.compute(weights)                  # (B,): one factor per sequence
+        >>> sampler.record(index, factors)
+    """
+
+    def __init__(self, layer: nn.Linear):
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"OutputLayerNorms needs an nn.Linear output layer, got {type(layer).__name__}")
+        self.layer = layer
+        self._inputs: Tensor | None = None
+        self._grads: Tensor | None = None
+        self._handles = [
+            layer.register_forward_hook(self._save_inputs),
+            layer.register_full_backward_hook(self._save_grads),
+        ]
+
+    def _save_inputs(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if torch.is_grad_enabled():  # evaluation passes leave the training batch's record alone
+            self._inputs = inputs[0].detach()
+
+    def _save_grads(self, module: nn.Module, grad_input, grad_output: tuple[Tensor, ...]) -> None:
+        self._grads = grad_output[0].detach()
+
+    @torch.no_grad()
+    def compute(self, weights: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """Factors ``(B,)`` of the last forward and backward through the layer.
+
+        ``weights`` are the per-sequence weights multiplied into the loss (default: none);
+        ``reduction`` is how the loss combined sequences: ``"mean"`` (divided by B) or ``"sum"``.
+        """
+        if self._inputs is None or self._grads is None:
+            raise RuntimeError("no forward and backward pass through the layer since the hooks were set")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        inputs, grads = self._inputs, self._grads
+        if inputs.dim() == 2:  # (B, H): one output per sequence (classification)
+            inputs, grads = inputs.unsqueeze(1), grads.unsqueeze(1)
+        if inputs.dim() != 3 or grads.shape[:2] != inputs.shape[:2]:
+            raise ValueError(
+                f"expected the layer's inputs as (B, T, H) or (B, H), got {tuple(self._inputs.shape)}"
+            )
+        dtype = torch.promote_types(grads.dtype, torch.float32)
+        norms = output_layer_norms(grads.to(dtype), inputs.to(dtype))
+        coefficient = torch.ones_like(norms) if weights is None else weights.detach().to(norms)
+        if reduction == "mean":
+            coefficient = coefficient / len(norms)
+        return norms / coefficient.clamp_min(1e-12)
+
+    def remove(self) -> None:
+        """Take the hooks off the layer."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> OutputLayerNorms:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
