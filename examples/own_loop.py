@@ -1,8 +1,8 @@
 """Importance sampling inside your own PyTorch loop: the lines that change are marked (*).
 
-Your data stays a Dataset, your model stays yours, your loop stays yours. seqis asks
-for per-sequence losses (``reduction="none"``) and the output layer's inputs
-(hidden states) and outputs (logits), from which it mines the importance factors.
+Your data stays a Dataset, your model stays yours, your loop stays yours. seqis asks for
+per-sequence losses (``reduction="none"``) and hooks your output layer, from whose inputs
+and output gradients it mines the importance factors during your own backward pass.
 
 Run: python examples/own_loop.py [--steps 300]
 """
@@ -15,12 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from seqis.data.registry import DataOptions, load_data
-from seqis.importance.factors import fim_factors
-from seqis.importance.mining import estimated_gain
-from seqis.models.rnn import ModelOutput
-from seqis.sampling.loader import WeightedDataset
-from seqis.sampling.sampler import ImportanceSampler
+import seqis
 
 
 class Windows(Dataset):
@@ -45,34 +40,35 @@ class CharLSTM(nn.Module):
 
     def forward(self, x):
         hidden, _ = self.lstm(self.embed(x))
-        return self.head(hidden), hidden
+        return self.head(hidden)
 
 
 def main(steps: int = 300, always_on: bool = False) -> dict:
     torch.manual_seed(0)
-    data = load_data("stdlib", DataOptions(seq_len=64, max_chars=300_000))
+    data = seqis.load_data("stdlib", seqis.DataOptions(seq_len=64, max_chars=300_000))
     train_set = Windows(data.inputs[data.train_idx], data.targets[data.train_idx])
     model = CharLSTM(len(data.vocab))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
-    sampler = ImportanceSampler(range(len(train_set)), batch_size=32, smoothing=0.2, seed=0)  # (*)
-    loader = DataLoader(WeightedDataset(train_set), batch_sampler=sampler)  # (*)
+    sampler = seqis.ImportanceSampler(range(len(train_set)), batch_size=32, smoothing=0.2, seed=0)  # (*)
+    loader = DataLoader(  # (*) your collate_fn goes inside weighted_collate
+        seqis.WeightedDataset(train_set), batch_sampler=sampler, collate_fn=seqis.weighted_collate()
+    )
+    norms = seqis.OutputLayerNorms(model.head)  # (*) hooks on your output layer
 
     step = 0
     while step < steps:
-        for batch in loader:
-            x, y = batch["item"]
-            logits, hidden = model(x)
+        for (x, y), index, weight in loader:
+            logits = model(x)
             per_seq = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
-            loss = (batch["weight"] * per_seq).mean()  # (*) weight each sequence's loss
+            loss = (weight * per_seq).mean()  # (*) weight each sequence's loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            out = ModelOutput(logits, hidden, y, torch.ones_like(y, dtype=torch.bool), per_seq)  # (*)
-            sampler.record(batch["index"], fim_factors(out), step)  # (*) harvest factors
-            if step == 50:  # (*) switch on once factors are known (seqis.Miner automates this)
+            sampler.record(index, norms.compute(weight), step)  # (*) factors from this backward
+            if step == 50:  # switch on once factors are known (seqis train's Miner automates this)
                 sampler.rebuild()
-                gain = estimated_gain(sampler.scores(), sampler.smoothing)
+                gain = seqis.estimated_gain(sampler.scores(), sampler.smoothing)
                 sampler.active = always_on or gain >= 1.2
                 print(f"importance sampling {'on' if sampler.active else 'off'}")
             step += 1
@@ -82,7 +78,7 @@ def main(steps: int = 300, always_on: bool = False) -> dict:
                 break
     with torch.no_grad():
         val_x, val_y = data.inputs[data.val_idx], data.targets[data.val_idx]
-        val = F.cross_entropy(model(val_x)[0].transpose(1, 2), val_y).item()
+        val = F.cross_entropy(model(val_x).transpose(1, 2), val_y).item()
     print(f"validation loss after {steps} steps: {val:.3f}")
     return {"val_loss": val, "uniform_loss": math.log(len(data.vocab)), "is_active": sampler.active}
 
