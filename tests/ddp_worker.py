@@ -11,13 +11,14 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from seqis.data.registry import load_data
+from seqis.distributed import DistContext
 from seqis.models.rnn import ModelConfig, RecurrentModel
 from seqis.sampling.sampler import ImportanceSampler
-from seqis.training.distributed import DistContext
 
 
 def draws(out_path: str) -> None:
@@ -109,5 +110,43 @@ def resume_choice(out_path: str) -> None:
     dist.destroy_process_group()
 
 
+def rank_aware(out_path: str) -> None:
+    """A user's own DDP loop: each rank iterates its slice and records only its own factors."""
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n, b = 64, 4
+    mine = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=3)  # replicas from dist
+    whole = ImportanceSampler(range(n), batch_size=b * world, smoothing=0.2, seed=3, num_replicas=1, rank=0)
+    factors = torch.linspace(0.1, 5.0, n)
+    slices_ok, seen = True, []
+    for step, batch in zip(range(12), mine, strict=False):
+        index = torch.tensor([i for i, _ in batch])
+        global_index, _ = whole.draw()
+        slices_ok &= torch.equal(index, global_index[rank * b : (rank + 1) * b])
+        seen += index.tolist()
+        mine.record(index, factors[index], step)  # every rank records only its slice
+        whole.record(global_index, factors[global_index], step)
+        if step == 5:
+            mine.active = whole.active = True
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (mine.factors.tolist(), seen))
+    same_factors = all(np.array_equal(np.array(f), whole.factors, equal_nan=True) for f, _ in gathered)
+    first_epoch = [i for _, s in gathered for i in s[: 6 * b]]  # the uniform steps, before step 6
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(
+                {
+                    "world": world,
+                    "replicas": mine.num_replicas,
+                    "slices_ok": bool(slices_ok),
+                    "same_factors": bool(same_factors),
+                    "uniform_disjoint": len(set(first_epoch)) == len(first_epoch),
+                },
+                f,
+            )
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    {"draws": draws, "stall": stall, "resume_choice": resume_choice}[sys.argv[1]](sys.argv[2])
+    modes = {"draws": draws, "stall": stall, "resume_choice": resume_choice, "rank_aware": rank_aware}
+    modes[sys.argv[1]](sys.argv[2])

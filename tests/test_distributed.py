@@ -96,3 +96,17 @@ def test_ranks_resume_from_the_checkpoint_rank_zero_chose(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 60 and len(set(summary["rank_params_sha256"])) == 1
+
+
+def test_samplers_know_their_rank_in_a_users_own_loop(tmp_path):
+    result = tmp_path / "ranks.json"
+    proc = torchrun(str(HERE / "ddp_worker.py"), "rank_aware", str(result))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(result.read_text())
+    assert r == {
+        "world": 2,
+        "replicas": 2,  # taken from the process group
+        "slices_ok": True,  # each rank iterates its slice of the one global draw
+        "same_factors": True,  # record() exchanged the slices: one distribution everywhere
+        "uniform_disjoint": True,  # uniform epochs: no sequence on two ranks
+    }

@@ -172,7 +172,7 @@ def test_weighted_gradient_is_unbiased_and_less_noisy():
 
 
 def test_uniform_shards_match_distributed_sampler_semantics():
-    from seqis.training.distributed import DistContext
+    from seqis.distributed import DistContext
 
     world, b = 2, 5
     sampler = UniformBatchSampler(torch.arange(40), batch_size=b * world, seed=4)
@@ -228,3 +228,13 @@ def test_zero_smoothing_is_refused():
     # a zero factor would never be drawn again, and weights would be unbounded
     with pytest.raises(ValueError, match=r"smoothing must be in \(0, 1\]"):
         ImportanceSampler(range(10), batch_size=2, smoothing=0.0)
+
+
+def test_explicit_replicas_slice_the_global_draw():
+    whole = UniformBatchSampler(range(20), batch_size=6, seed=2)
+    second = UniformBatchSampler(range(20), batch_size=3, seed=2, num_replicas=2, rank=1)
+    assert second.batch_size == 6 and len(second) == len(whole) == 3
+    for batch, (idx, _) in zip(second, (whole.draw() for _ in range(3)), strict=True):
+        assert [i for i, _ in batch] == idx[3:6].tolist()
+    with pytest.raises(ValueError, match="rank must be in"):
+        UniformBatchSampler(range(20), batch_size=3, num_replicas=2, rank=2)

@@ -48,11 +48,11 @@ import torch
 from torch import nn
 
 from seqis.data.base import SequenceData
+from seqis.distributed import DistContext
 from seqis.importance.factors import FACTORS, HARVESTERS, score
 from seqis.importance.noise import NoiseScale
 from seqis.models.rnn import ModelOutput
 from seqis.sampling.sampler import ImportanceSampler
-from seqis.training.distributed import DistContext
 
 
 @dataclass

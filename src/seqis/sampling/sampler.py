@@ -9,6 +9,12 @@ While importance sampling is switched off it behaves exactly like the uniform on
 Both yield lists of ``(index, weight)`` pairs when iterated (for a ``DataLoader``
 ``batch_sampler`` together with :class:`seqis.sampling.loader.WeightedDataset`); the
 training loop calls :meth:`draw` directly for tensors.
+
+Under ``torch.distributed`` they follow ``DistributedSampler``'s semantics: ``num_replicas``
+and ``rank`` default from the initialised process group, ``batch_size`` is per replica,
+every rank draws the same *global* batch of ``batch_size * num_replicas`` (identical seeds
+and factors) and iterates over its own slice of it, and :meth:`record` exchanges the ranks'
+factors, so one importance distribution over all N sequences serves every rank.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqis.distributed import DistContext, replicas
 from seqis.sampling.sumtree import SumTree
 
 
@@ -33,13 +40,22 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         [1.0, 1.0, 1.0, 1.0]
     """
 
-    def __init__(self, indices: Sequence[int] | Tensor, batch_size: int, seed: int = 0):
+    def __init__(
+        self,
+        indices: Sequence[int] | Tensor,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         if len(self.indices) == 0:
             raise ValueError("no indices to sample from")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.num_replicas, self.rank = replicas(num_replicas, rank)
+        self.replica_batch = batch_size
+        self.batch_size = batch_size * self.num_replicas  # the global batch every rank draws
         self.seed = seed
         self.epoch = 0
         self._order = self._permutation()
@@ -89,9 +105,21 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return self.indices[pos], torch.ones(len(pos))
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
+        """This rank's slice of each global draw, as ``(index, weight)`` pairs."""
+        mine = slice(self.rank * self.replica_batch, (self.rank + 1) * self.replica_batch)
         for _ in range(len(self)):
             idx, w = self.draw()
-            yield list(zip(idx.tolist(), w.tolist(), strict=True))
+            yield list(zip(idx[mine].tolist(), w[mine].tolist(), strict=True))
+
+    def _exchanged(self, dataset_indices: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's recorded indices and factors, so all samplers stay identical."""
+        dataset_indices = torch.as_tensor(dataset_indices, dtype=torch.long)
+        factors = torch.as_tensor(factors).detach().double()
+        if self.num_replicas == 1:
+            return dataset_indices, factors
+        ctx = DistContext(self.rank, self.num_replicas)
+        device = ctx.comm_device
+        return ctx.gather(dataset_indices.to(device)).cpu(), ctx.gather(factors.to(device)).cpu()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed}
@@ -131,8 +159,10 @@ class ImportanceSampler(UniformBatchSampler):
         batch_size: int,
         smoothing: float = 0.2,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ):
-        super().__init__(indices, batch_size, seed)
+        super().__init__(indices, batch_size, seed, num_replicas, rank)
         if not 0.0 < smoothing <= 1.0:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
@@ -159,9 +189,13 @@ class ImportanceSampler(UniformBatchSampler):
 
     # -- factors ---------------------------------------------------------------------------
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
-        """Store new factors for these sequences; the tree is updated in O(b log N)."""
+        """Store new factors for these sequences; the tree is updated in O(b log N).
+
+        With several replicas every rank calls it with its own slice (equal lengths).
+        """
+        dataset_indices, factors = self._exchanged(dataset_indices, factors)
         pos = self.positions_of(dataset_indices)
-        values, bad = repair_factors(torch.as_tensor(factors).detach().double().cpu().numpy())
+        values, bad = repair_factors(factors.cpu().numpy())
         if bad:
             if not self.repaired:
                 warnings.warn(
@@ -322,6 +356,8 @@ class PruningSampler(UniformBatchSampler):
         seed: int = 0,
         total_steps: int | None = None,
         anneal: float = 0.125,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
@@ -333,7 +369,7 @@ class PruningSampler(UniformBatchSampler):
         self.factors = np.full(len(indices), np.nan)
         self.repaired = 0
         self._weights = torch.ones(len(indices))
-        super().__init__(indices, batch_size, seed)
+        super().__init__(indices, batch_size, seed, num_replicas, rank)
 
     @property
     def active(self) -> bool:
@@ -356,7 +392,8 @@ class PruningSampler(UniformBatchSampler):
 
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
         """Store the latest factors; they shape the pruning of the next epoch."""
-        values, bad = repair_factors(torch.as_tensor(factors).detach().double().cpu().numpy())
+        dataset_indices, factors = self._exchanged(dataset_indices, factors)
+        values, bad = repair_factors(factors.cpu().numpy())
         pos = self.positions_of(dataset_indices)
         keep = ~np.isnan(values)
         self.repaired += bad

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import DataOptions, load_data
+from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
 from seqis.importance.mining import LR_RULES, Miner, MiningConfig
 from seqis.models.rnn import ModelConfig, RecurrentModel
@@ -40,7 +41,6 @@ from seqis.training.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from seqis.training.distributed import DistContext
 from seqis.training.metrics import MetricsLog
 
 SAMPLERS = ("uniform", "fim", "gradnorm", "loss", "exact", "prune")
@@ -269,10 +269,13 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    # The trainer draws the global batch itself and trains on its slice (ctx.shard); the miner
+    # exchanges factors. So its samplers are built as one replica of the global batch.
     global_batch = config.batch_size * ctx.world
+    one = {"num_replicas": 1, "rank": 0}
     miner = None
     if config.sampler == "uniform":
-        sampler = UniformBatchSampler(data.train_idx, global_batch, seed=config.seed)
+        sampler = UniformBatchSampler(data.train_idx, global_batch, seed=config.seed, **one)
     elif config.sampler == "prune":
         # Pruning is decided per epoch from the latest factor of every trained sequence: no
         # refresh, no switch (on after warm-up), the full harvest on every step.
@@ -284,6 +287,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
             seed=config.seed,
             total_steps=config.steps,
             anneal=mining.prune_anneal,
+            **one,
         )
         miner = Miner(sampler, model, data, mining, device, ctx)
     else:
@@ -294,7 +298,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         if presample:
             mining.refresh_fraction = 0.0
         kind = PresamplingSampler if presample else ImportanceSampler
-        sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed)
+        sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed, **one)
         miner = Miner(sampler, model, data, mining, device, ctx)
         if presample:
             sampler.score_fn = miner.score_indices

@@ -23,6 +23,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """``(num_replicas, rank)``, by default from ``torch.distributed`` when it is initialised."""
+    initialised = dist.is_available() and dist.is_initialized()
+    num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if initialised else 1)
+    rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas - 1}] for {num_replicas} replica(s), got {rank}")
+    return num_replicas, rank
+
+
 @dataclass
 class DistContext:
     rank: int = 0
