@@ -6,15 +6,7 @@ import torch
 
 from seqis.data.registry import load_data
 from seqis.importance.mining import Miner, MiningConfig, delivered_gain, estimated_gain, weighted_ceiling
-from seqis.models.rnn import ModelOutput
 from seqis.sampling.sampler import ImportanceSampler
-
-
-def _out(factors: torch.Tensor) -> ModelOutput:
-    """A forward output whose 'loss' factors are ``factors`` (the miner harvests them as they are)."""
-    b = len(factors)
-    return ModelOutput(torch.zeros(b, 1, 2), torch.zeros(b, 1, 2), torch.zeros(b, 1, dtype=torch.long),
-                       torch.ones(b, 1, dtype=torch.bool), factors)  # fmt: skip
 
 
 @pytest.fixture
@@ -22,14 +14,14 @@ def miner():
     data = load_data("digits")
     sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
     config = MiningConfig(factor="loss", refresh_fraction=0.0, check_every=50, warmup_steps=50)
-    return Miner(sampler, model=None, data=data, config=config)
+    return Miner(sampler, config, lengths=data.lengths)
 
 
 def _train(miner, steps, fresh, start=0):
     """Draw, harvest ``fresh(index, step)`` with the draw's weights, let the miner decide."""
     for step in range(start, start + steps):
         index, weights = miner.sampler.draw()
-        miner.harvest(index, _out(fresh(index, step)), step, weights)
+        miner.harvest(index, fresh(index, step), step, weights)
         miner.after_step(step)
 
 
@@ -70,7 +62,7 @@ def test_switch_clears_the_harvest_sample_and_skips_o_n_work_while_off(miner, mo
     off = ImportanceSampler(miner.sampler.indices, batch_size=64, smoothing=0.2, seed=0)
     monkeypatch.setattr(off, "rebuild", lambda: calls.append("rebuild"))
     calls.clear()
-    flat = Miner(off, None, miner.data, MiningConfig(factor="loss", refresh_fraction=0.0))
+    flat = Miner(off, MiningConfig(factor="loss", refresh_fraction=0.0))
     _train(flat, 400, lambda index, step: torch.ones(len(index)))
     assert not off.active and len(flat.gain_history) == 8 and calls == []  # no O(N) rebuilds
 

@@ -162,7 +162,7 @@ def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
     data = load_data("digits")
     sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
     config = MiningConfig(factor="loss", lr_scale="sqrt", lr_scale_max=1.5, refresh_fraction=0.0)
-    miner = Miner(sampler, None, data, config)
+    miner = Miner(sampler, config)
     miner.noise = SimpleNamespace(noise_scale=10.0, variance_cut=9.0, predicted_step_gain=lambda: 2.0)
     miner.decide(49)  # no harvest yet: the switch stays off, so the multiplier stays 1
     assert not sampler.active and miner.lr_multiplier == 1.0

@@ -41,18 +41,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from seqis.data.base import SequenceData
 from seqis.distributed import DistContext
-from seqis.importance.factors import FACTORS, HARVESTERS, score
+from seqis.importance.factors import FACTORS
 from seqis.importance.noise import NoiseScale
-from seqis.models.rnn import ModelOutput
-from seqis.sampling.sampler import ImportanceSampler
 
 
 @dataclass
@@ -118,23 +115,36 @@ def weighted_ceiling(factors: np.ndarray, weights: np.ndarray) -> float:
 
 
 class Miner:
-    """Owns factor harvesting, refresh and the IS switch for one :class:`ImportanceSampler`."""
+    """Owns factor harvesting, refresh and the IS switch for one sampler, for any model and data.
+
+    The caller supplies the factors of what it trained on (:meth:`harvest`: a tensor, or a
+    function giving the factors of the batch's first k sequences, so that nothing is computed
+    that the miner does not need) and, for refresh, ``score_fn``: dataset indices -> factors
+    from a forward-only pass (without it, stored factors are refreshed only by training).
+    ``lengths`` (indexed by dataset index) orders the refresh sweep so that its batches carry
+    little padding. ``seqis train`` uses exactly this interface.
+
+    Example:
+        >>> miner = Miner(sampler, MiningConfig(), score_fn=my_forward_only_factors)
+        >>> for step, (batch, index, weight) in enumerate(loader):
+        ...     ...                                          # forward, weighted loss, backward, step
+        ...     miner.harvest(index, norms.compute(weight), step, weight)
+        ...     miner.after_step(step)                        # refresh, switch
+    """
 
     def __init__(
         self,
-        sampler: ImportanceSampler,
-        model: nn.Module,
-        data: SequenceData,
+        sampler: torch.utils.data.Sampler,
         config: MiningConfig,
-        device: torch.device | str = "cpu",
+        score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
         ctx: DistContext | None = None,
     ):
-        self.sampler, self.model, self.data, self.config = sampler, model, data, config
+        self.sampler, self.config, self.score_fn = sampler, config, score_fn
         self.ctx = ctx or DistContext()
-        self.device = torch.device(device)
         # Sweep order: by length, so a refresh batch has little padding.
-        lengths = data.lengths[sampler.indices]
-        self._sweep = sampler.indices[torch.argsort(lengths, stable=True)]
+        order = torch.argsort(lengths[sampler.indices], stable=True) if lengths is not None else None
+        self._sweep = sampler.indices[order] if order is not None else sampler.indices
         self._sweep_cursor = 0
         self._refresh_credit = 0.0
         # (step, factor / scale, weight) rows of recent harvests: the switch's sample.
@@ -146,7 +156,8 @@ class Miner:
         self.steps = 0
         self.gain_history: list[tuple[int, float, bool]] = []
         # The noise scale needs importance weights 1/(N p); pruning's 1/(1 - r) are not those.
-        self.noise = NoiseScale(sampler.batch_size) if isinstance(sampler, ImportanceSampler) else None
+        importance = getattr(sampler, "importance_weights", False)
+        self.noise = NoiseScale(sampler.batch_size) if importance else None
         # (step, IS on, B, g, predicted step gain) after each decision
         self.noise_history: list[tuple] = []
         self._predicted_gain = 1.0  # the switch's latest fresh-factor gain, while IS is off
@@ -156,16 +167,16 @@ class Miner:
     def harvest(
         self,
         index: torch.Tensor,
-        out: ModelOutput,
+        factors: torch.Tensor | Callable[[int], torch.Tensor],
         step: int,
         weights: torch.Tensor | None = None,
         batch_grad_sq: float | None = None,
     ) -> None:
-        """Record factors of the sequences just trained on, from their own forward pass.
+        """Record factors of the sequences just trained on (this rank's slice of the batch).
 
-        ``weights`` are the sampling weights the batch was drawn with (1 under uniform draws);
-        ``batch_grad_sq`` is the squared norm of the step's output-layer gradient before
-        clipping, for the noise scale.
+        ``factors`` are theirs, or a function ``k -> factors of the first k``; ``weights`` are the
+        sampling weights the batch was drawn with (1 under uniform draws); ``batch_grad_sq`` is
+        the squared norm of the step's output-layer gradient before clipping (noise scale).
         """
         weights = torch.ones(len(index)) if weights is None else weights
         if self.noise is not None and batch_grad_sq is not None:
@@ -175,13 +186,9 @@ class Miner:
             # uniform sample of them, and the rest of the harvest would be pure overhead.
             if step % self.config.switch_every:
                 return
-            k = self.config.switch_sample
-            index, out, weights = index[:k], out.head(k), weights[:k]
+            index, weights = index[: self.config.switch_sample], weights[: self.config.switch_sample]
         start = time.perf_counter()
-        if self.config.factor == "exact":
-            factors = score("exact", self.model, self.data.batch(index.cpu()).to(self.device))
-        else:
-            factors = HARVESTERS[self.config.factor](out)
+        factors = factors(len(index)) if callable(factors) else factors[: len(index)]
         # Every rank records every rank's factors, so all samplers stay identical.
         index = self.ctx.gather(index.to(factors.device)).cpu()
         weights = self.ctx.gather(weights.to(factors.device, factors.dtype)).cpu()
@@ -205,7 +212,7 @@ class Miner:
         self.steps += 1
         self.active_steps += int(self.sampler.active)
         cfg = self.config
-        if self.sampler.active and cfg.refresh_fraction > 0:
+        if self.sampler.active and cfg.refresh_fraction > 0 and self.score_fn is not None:
             self._refresh_credit += cfg.refresh_fraction * self.sampler.batch_size
             if self._refresh_credit >= cfg.refresh_batch:
                 self._refresh_credit -= cfg.refresh_batch
@@ -271,21 +278,15 @@ class Miner:
             per = -(-len(index) // self.ctx.world)
             index = torch.cat([index, index[-1:].expand(per * self.ctx.world - len(index))])
             mine = index[self.ctx.rank * per : (self.ctx.rank + 1) * per]
-            factors = self.ctx.gather(self.score_indices(mine).to(self.ctx.comm_device)).cpu()
+            factors = self.ctx.gather(self.score(mine).to(self.ctx.comm_device)).cpu()
         else:
-            factors = self.score_indices(index)
+            factors = self.score(index)
         self.sampler.record(index, factors, step)
 
-    def score_indices(self, index: torch.Tensor) -> torch.Tensor:
-        """Factors of dataset sequences ``index`` from a forward-only pass (timed as mining)."""
+    def score(self, index: torch.Tensor) -> torch.Tensor:
+        """``score_fn(index)``, timed as mining (refresh, presampling)."""
         start = time.perf_counter()
-        batch = self.data.batch(index).to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            factors = score(self.config.factor, self.model, batch).cpu()
-        finally:
-            self.model.train(was_training)
+        factors = self.score_fn(index).cpu()
         self.mining_time_s += time.perf_counter() - start
         return factors
 

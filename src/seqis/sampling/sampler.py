@@ -153,6 +153,8 @@ class ImportanceSampler(UniformBatchSampler):
         >>> idx, weights = sampler.draw()     # multiply weights into per-sequence losses
     """
 
+    importance_weights = True  # its weights are 1 / (N p_i): a noise-scale estimate can use them
+
     def __init__(
         self,
         indices: Sequence[int] | Tensor,

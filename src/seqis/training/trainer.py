@@ -25,8 +25,9 @@ from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import DataOptions, load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
+from seqis.importance.factors import HARVESTERS, exact_factors, score
 from seqis.importance.mining import LR_RULES, Miner, MiningConfig
-from seqis.models.rnn import ModelConfig, RecurrentModel
+from seqis.models.rnn import ModelConfig, ModelOutput, RecurrentModel
 from seqis.sampling.sampler import (
     ImportanceSampler,
     PresamplingSampler,
@@ -252,6 +253,28 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+def forward_scorer(kind: str, model: torch.nn.Module, data: SequenceData, device: torch.device):
+    """Dataset indices -> factors of ``kind`` from a forward-only pass (the miner's refresh)."""
+
+    def score_fn(index: torch.Tensor) -> torch.Tensor:
+        batch = data.batch(index).to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            return score(kind, model, batch)
+        finally:
+            model.train(was_training)
+
+    return score_fn
+
+
+def batch_factors(kind: str, model, data: SequenceData, device, batch, output: ModelOutput):
+    """``k -> factors`` of the first k sequences of the batch just trained, from its forward pass."""
+    if kind == "exact":  # true per-sequence gradients: a pass of their own
+        return lambda k: exact_factors(model, data.batch(batch.index[:k].cpu()).to(device))
+    return lambda k: HARVESTERS[kind](output.head(k))
+
+
 def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContext | None = None):
     """Data, model, optimizer, sampler and miner for ``config``, seeded."""
     ctx = ctx or DistContext()
@@ -289,7 +312,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
             anneal=mining.prune_anneal,
             **one,
         )
-        miner = Miner(sampler, model, data, mining, device, ctx)
+        miner = Miner(sampler, mining, forward_scorer(mining.factor, model, data, device), data.lengths, ctx)
     else:
         mining = MiningConfig(**{**asdict(config.mining), "factor": config.sampler})
         # K&F's gradnorm presamples fresh candidates every step, so its stored factors need
@@ -299,9 +322,9 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
             mining.refresh_fraction = 0.0
         kind = PresamplingSampler if presample else ImportanceSampler
         sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed, **one)
-        miner = Miner(sampler, model, data, mining, device, ctx)
+        miner = Miner(sampler, mining, forward_scorer(mining.factor, model, data, device), data.lengths, ctx)
         if presample:
-            sampler.score_fn = miner.score_indices
+            sampler.score_fn = miner.score
     return data, device, model, optimizer, sampler, miner
 
 
@@ -469,7 +492,8 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
             else:
                 optimizer.step()
                 if miner is not None:
-                    miner.harvest(batch.index, output, step, weights, head_sq)
+                    factors = batch_factors(miner.config.factor, model, data, device, batch, output)
+                    miner.harvest(batch.index, factors, step, weights, head_sq)
             if miner is not None:
                 miner.after_step(step)
                 for group in optimizer.param_groups:  # 1 unless --lr-scale is set
