@@ -55,6 +55,7 @@ def main(steps: int = 300, always_on: bool = False) -> dict:
         seqis.WeightedDataset(train_set), batch_sampler=sampler, collate_fn=seqis.weighted_collate()
     )
     norms = seqis.OutputLayerNorms(model.head)  # (*) hooks on your output layer
+    miner = seqis.Miner(sampler, seqis.MiningConfig(always_on=always_on))  # (*) the switch
 
     step = 0
     while step < steps:
@@ -65,15 +66,12 @@ def main(steps: int = 300, always_on: bool = False) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            sampler.record(index, norms.compute(weight), step)  # (*) factors from this backward
-            if step == 50:  # switch on once factors are known (seqis train's Miner automates this)
-                sampler.rebuild()
-                gain = seqis.estimated_gain(sampler.scores(), sampler.smoothing)
-                sampler.active = always_on or gain >= 1.2
-                print(f"importance sampling {'on' if sampler.active else 'off'}")
+            miner.harvest(index, norms.compute(weight), step, weight)  # (*) factors from this backward
+            miner.after_step(step)  # (*) switches importance sampling on or off every 50 steps
             step += 1
             if step % 100 == 0:
-                print(f"step {step}: weighted train loss {loss.item():.3f}")
+                state = "on" if sampler.active else "off"
+                print(f"step {step}: weighted train loss {loss.item():.3f}, importance sampling {state}")
             if step >= steps:
                 break
     with torch.no_grad():
