@@ -23,16 +23,24 @@ from seqis.models.rnn import ModelOutput
 FACTORS = ("fim", "gradnorm", "loss", "exact")
 
 
-def _deltas(out: ModelOutput) -> Tensor:
+def _deltas(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Masked, loss-normalised output-layer error signals ``(B, T, K)``."""
-    dtype = torch.promote_types(out.logits.dtype, torch.float32)  # half precision is too coarse
-    mask = out.mask.to(dtype)
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision is too coarse
+    mask = mask.to(dtype)
     n = mask.sum(1).clamp_min(1)
-    delta = torch.softmax(out.logits.detach().to(dtype), dim=-1)
-    minus_one = torch.full(out.targets.shape + (1,), -1.0, dtype=dtype, device=delta.device)
-    delta.scatter_add_(-1, out.targets.unsqueeze(-1), minus_one)
+    delta = torch.softmax(logits.detach().to(dtype), dim=-1)
+    minus_one = torch.full(targets.shape + (1,), -1.0, dtype=dtype, device=delta.device)
+    delta.scatter_add_(-1, targets.unsqueeze(-1), minus_one)
     delta = delta * (mask / n.unsqueeze(1)).unsqueeze(-1)
     return delta
+
+
+def _sequence_axes(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None):
+    """Classification outputs ``(B, K)`` get a time axis of one; the mask defaults to all steps."""
+    if logits.dim() == 2:
+        logits, hidden, targets = logits.unsqueeze(1), hidden.unsqueeze(1), targets.unsqueeze(1)
+        mask = mask.unsqueeze(1) if mask is not None else None
+    return logits, hidden, targets, torch.ones_like(targets, dtype=torch.bool) if mask is None else mask
 
 
 def use_gram(steps: int, outputs: int, hidden: int) -> bool:
@@ -41,10 +49,17 @@ def use_gram(steps: int, outputs: int, hidden: int) -> bool:
 
 
 @torch.no_grad()
-def fim_factors(out: ModelOutput) -> Tensor:
-    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd."""
-    delta = _deltas(out)
-    return output_layer_norms(delta, out.hidden.detach().to(delta.dtype))
+def fim_factors(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Exact per-sequence output-layer gradient norms, ``(B,)``, without autograd.
+
+    For softmax cross-entropy averaged over each sequence's real steps: ``logits`` ``(B, T, K)``
+    or ``(B, K)`` are the output layer's outputs, ``hidden`` ``(B, T, H)`` or ``(B, H)`` its
+    inputs, ``targets`` the class ids, ``mask`` true at real steps (default: all). For any other
+    loss, :class:`seqis.importance.hooks.OutputLayerNorms` reads the norms off the backward pass.
+    """
+    logits, hidden, targets, mask = _sequence_axes(logits, hidden, targets, mask)
+    delta = _deltas(logits, targets, mask)
+    return output_layer_norms(delta, hidden.detach().to(delta.dtype))
 
 
 @torch.no_grad()
@@ -72,7 +87,7 @@ def output_layer_norms(grads: Tensor, inputs: Tensor) -> Tensor:
 @torch.no_grad()
 def gradnorm_factors(out: ModelOutput) -> Tensor:
     """Katharopoulos & Fleuret's bound: sqrt(sum_t m_t ||delta_t||^2), loss-normalised."""
-    delta = _deltas(out)
+    delta = _deltas(out.logits, out.targets, out.mask)
     return delta.pow(2).sum((1, 2)).sqrt()
 
 
@@ -120,7 +135,7 @@ def _looped_grad_norms(model: nn.Module, batch, names: list[str]) -> Tensor:
 
 
 HARVESTERS: dict[str, Callable[[ModelOutput], Tensor]] = {
-    "fim": fim_factors,
+    "fim": lambda out: fim_factors(out.logits, out.hidden, out.targets, out.mask),
     "gradnorm": gradnorm_factors,
     "loss": loss_factors,
 }

@@ -11,7 +11,7 @@ Example:
     >>> for batch in loader:
     ...     per_seq = loss_fn(model(batch["item"]))          # reduction="none"
     ...     (batch["weight"] * per_seq).mean().backward()
-    ...     sampler.record(batch["index"], factors)          # e.g. fim_factors(out)
+    ...     sampler.record(batch["index"], factors)          # e.g. OutputLayerNorms(...).compute()
 """
 
 from __future__ import annotations
