@@ -62,7 +62,7 @@ def exchange_worker(batch: int, repeats: int) -> None:
     """Under torchrun: time the all_gather of (index, factor) pairs that harvest does."""
     import torch
 
-    from seqis.training.distributed import DistContext
+    from seqis.distributed import DistContext
 
     torch.set_num_threads(1)
     ctx = DistContext.from_env("cpu", timeout_s=60)
