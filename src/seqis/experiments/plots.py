@@ -43,6 +43,12 @@ def plot_race(
         ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.2)
     for t in targets or []:
         ax.axhline(t, color="grey", lw=0.7, ls="--")
+    if targets:  # zoom onto the targets (losses): the race is decided there, not at the start
+        rows = [r for runs in curves.values() for run in runs for r in run]
+        values = [r[metric] for r in rows if r[metric] is not None]
+        low, high = min(*values, *targets), max(targets)
+        pad = 0.6 * (high - low) + 1e-9
+        ax.set_ylim(low - 0.1 * pad, high + pad)
     ax.set(
         xlabel="training wall-clock (s)" if x_key == "wall_time_s" else "steps",
         ylabel=label,
