@@ -124,7 +124,7 @@ def summarize(link_prefix: str = "") -> str:
                 f"{_med(r['is_active_share'] for r in runs):.0%}",
                 f"{_med(r['mining_share'] for r in runs):.1%}",
                 _predicted(runs),
-                f"{result.get('race_duration_s', 0) / 60:.0f} min",
+                f"{result.get('race_duration_s', 0) / 60:.1f} min",
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
