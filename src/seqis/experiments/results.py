@@ -37,6 +37,10 @@ EXPERIMENTS: dict[str, str] = {
     "--steps 2000 --eval-every 200",
     "fashion-mnist": f"--data fashion-mnist {GRU} {SAMPLERS} --seeds 3 --lrs 0.002 "
     "--steps 5600 --eval-every 200",
+    # Learning-rate scaling by the delivered variance cut (sqrt, for Adam): its uniform runs are
+    # bit-identical to the fashion-mnist race's, so its fim ratios compare with the unscaled ones.
+    "fashion-mnist-lr-scale": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale sqrt --seeds 3 "
+    "--lrs 0.002 --steps 5600 --eval-every 200",
     # WordNet: ~13 steps/s on one thread, 1,682 steps an epoch; 5,000 validation glosses keep
     # evaluation affordable. Within its first epoch prune equals uniform, so the pilot skips it.
     # Its best learning rate (0.004, for uniform and fim) lies at the edge of its grid.
