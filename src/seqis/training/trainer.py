@@ -564,6 +564,9 @@ def _train(config: TrainConfig, data: SequenceData | None, resume: bool, ctx: Di
         summary.update(mining_time_s=0.0, mining_share=0.0, is_active_share=0.0)
     if ctx.is_main:
         write_json_atomic(out / "summary.json", summary)
+    # No rank may tear its process group down while another is still finishing: with gloo, a
+    # peer's closed connection aborts the slower rank (seen intermittently at the end of runs).
+    ctx.barrier()
     if stopped_by == "signal":
         summary["signal"] = stop.received
     return summary
