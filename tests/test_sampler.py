@@ -238,3 +238,11 @@ def test_explicit_replicas_slice_the_global_draw():
         assert [i for i, _ in batch] == idx[3:6].tolist()
     with pytest.raises(ValueError, match="rank must be in"):
         UniformBatchSampler(range(20), batch_size=3, num_replicas=2, rank=2)
+
+
+def test_pruning_drops_bad_factors_like_the_importance_sampler():
+    sampler = PruningSampler(range(4), batch_size=2, seed=0)
+    sampler.record(torch.arange(4), torch.ones(4))
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        sampler.record(torch.arange(4), torch.tensor([2.0, float("nan"), -1.0, 3.0]))
+    assert sampler.repaired == 2 and sampler.factors.tolist() == [2.0, 1.0, 1.0, 3.0]

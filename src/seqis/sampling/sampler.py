@@ -61,6 +61,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self._order = self._permutation()
         self._cursor = 0
         self._position: Tensor | None = None  # dataset index -> position, built on first use
+        self.repaired = 0  # non-finite or negative factors dropped by record()
 
     @property
     def num_sequences(self) -> int:
@@ -110,6 +111,24 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         for _ in range(len(self)):
             idx, w = self.draw()
             yield list(zip(idx[mine].tolist(), w[mine].tolist(), strict=True))
+
+    def _usable(self, dataset_indices: Tensor, factors: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and values of every rank's recorded factors, bad ones dropped (warned once)."""
+        dataset_indices, factors = self._exchanged(dataset_indices, factors)
+        pos = self.positions_of(dataset_indices)
+        values, bad = repair_factors(factors.cpu().numpy())
+        if not bad:
+            return pos, values
+        if not self.repaired:
+            warnings.warn(
+                f"{bad} non-finite or negative importance factor(s) dropped; those "
+                "sequences keep their previous factor (counted in 'repaired_factors')",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.repaired += bad
+        keep = ~np.isnan(values)
+        return pos[keep], values[keep]
 
     def _exchanged(self, dataset_indices: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
         """Every rank's recorded indices and factors, so all samplers stay identical."""
@@ -174,7 +193,6 @@ class ImportanceSampler(UniformBatchSampler):
         n = self.num_sequences
         self.factors = np.full(n, np.nan)  # NaN: never scored
         self.scored_step = np.full(n, -1, dtype=np.int64)
-        self.repaired = 0
         self._tree = SumTree(np.ones(n))
         self._generator = torch.Generator().manual_seed(seed + 7919)
 
@@ -195,20 +213,7 @@ class ImportanceSampler(UniformBatchSampler):
 
         With several replicas every rank calls it with its own slice (equal lengths).
         """
-        dataset_indices, factors = self._exchanged(dataset_indices, factors)
-        pos = self.positions_of(dataset_indices)
-        values, bad = repair_factors(factors.cpu().numpy())
-        if bad:
-            if not self.repaired:
-                warnings.warn(
-                    f"{bad} non-finite or negative importance factor(s) dropped; those "
-                    "sequences keep their previous factor (counted in 'repaired_factors')",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            self.repaired += bad
-            keep = ~np.isnan(values)
-            pos, values = pos[keep], values[keep]
+        pos, values = self._usable(dataset_indices, factors)
         self.factors[pos] = values
         self.scored_step[pos] = step
         if self._active:
@@ -369,7 +374,6 @@ class PruningSampler(UniformBatchSampler):
         self._active = False
         self.draws = 0
         self.factors = np.full(len(indices), np.nan)
-        self.repaired = 0
         self._weights = torch.ones(len(indices))
         super().__init__(indices, batch_size, seed, num_replicas, rank)
 
@@ -394,12 +398,8 @@ class PruningSampler(UniformBatchSampler):
 
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
         """Store the latest factors; they shape the pruning of the next epoch."""
-        dataset_indices, factors = self._exchanged(dataset_indices, factors)
-        values, bad = repair_factors(factors.cpu().numpy())
-        pos = self.positions_of(dataset_indices)
-        keep = ~np.isnan(values)
-        self.repaired += bad
-        self.factors[pos[keep]] = values[keep]
+        pos, values = self._usable(dataset_indices, factors)
+        self.factors[pos] = values
 
     def rebuild(self) -> None:
         """Nothing to rebuild: an epoch's pruning is decided when it starts."""
