@@ -1,89 +1,105 @@
 """Importance sampling inside your own PyTorch loop: the lines that change are marked (*).
 
-Your data stays a Dataset, your model stays yours, your loop stays yours. seqis asks for
-per-sequence losses (``reduction="none"``) and hooks your output layer, from whose inputs
-and output gradients it mines the importance factors during your own backward pass.
+A plain loop over variable-length sequences (the JapaneseVowels recordings, 7 to 29 steps
+of 12 features) with a custom padding collate_fn and a label-smoothed loss. seqis wraps
+the DataLoader, draws the sequences whose gradients matter most, and reads the importance
+factors from hooks on the output layer during the backward pass the loop already runs.
 
-Run: python examples/own_loop.py [--steps 300]
+Run: python examples/own_loop.py [--steps 300] [--label-smoothing 0.1]
 """
 
 import argparse
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-import seqis
+import seqis  # (*)
 
 
-class Windows(Dataset):
-    """A plain dataset of (input, target) character windows, as a user would have."""
+class Recordings(Dataset):
+    """Variable-length sequences as a user would have them: a list of (T_i, C) tensors."""
 
-    def __init__(self, inputs, targets):
-        self.inputs, self.targets = inputs, targets
+    def __init__(self, sequences, labels):
+        self.sequences, self.labels = sequences, labels
 
     def __len__(self):
-        return len(self.inputs)
+        return len(self.sequences)
 
     def __getitem__(self, i):
-        return self.inputs[i], self.targets[i]
+        return self.sequences[i], self.labels[i]
 
 
-class CharLSTM(nn.Module):
-    def __init__(self, vocab, hidden=128):
+def pad_collate(items):
+    """Pads a batch to its longest sequence; the model reads each one's last real step."""
+    sequences, labels = zip(*items, strict=True)
+    lengths = torch.tensor([len(s) for s in sequences])
+    return pad_sequence(list(sequences), batch_first=True), lengths, torch.stack(list(labels))
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self, features, classes, hidden=64, embed=32):
         super().__init__()
-        self.embed = nn.Embedding(vocab, 32)
-        self.lstm = nn.LSTM(32, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
+        self.encoder = nn.Linear(features, embed)
+        self.rnn = nn.GRU(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
 
-    def forward(self, x):
-        hidden, _ = self.lstm(self.embed(x))
-        return self.head(hidden)
+    def forward(self, x, lengths):
+        states, _ = self.rnn(self.encoder(x))
+        return self.head(states[torch.arange(len(x)), lengths - 1])
 
 
-def main(steps: int = 300, always_on: bool = False) -> dict:
-    torch.manual_seed(0)
-    data = seqis.load_data("stdlib", seqis.DataOptions(seq_len=64, max_chars=300_000))
-    train_set = Windows(data.inputs[data.train_idx], data.targets[data.train_idx])
-    model = CharLSTM(len(data.vocab))
+def recordings(data, index):
+    return Recordings([data.inputs[i, : data.lengths[i]] for i in index], [data.targets[i] for i in index])
+
+
+def main(steps: int = 300, label_smoothing: float = 0.1, always_on: bool = False, seed: int = 0) -> dict:
+    data = seqis.load_data("ucr:JapaneseVowels")  # any map-style Dataset works; this one is embedded
+    train_set, val_set = recordings(data, data.train_idx.tolist()), recordings(data, data.val_idx.tolist())
+    torch.manual_seed(seed)
+    model = GRUClassifier(data.input_size, data.num_outputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
-    sampler = seqis.ImportanceSampler(range(len(train_set)), batch_size=32, smoothing=0.2, seed=0)  # (*)
-    loader = DataLoader(  # (*) your collate_fn goes inside weighted_collate
-        seqis.WeightedDataset(train_set), batch_sampler=sampler, collate_fn=seqis.weighted_collate()
-    )
-    norms = seqis.OutputLayerNorms(model.head)  # (*) hooks on your output layer
-    miner = seqis.Miner(sampler, seqis.MiningConfig(always_on=always_on))  # (*) the switch
+    def per_sequence_loss(model, batch):
+        x, lengths, y = batch
+        return F.cross_entropy(model(x, lengths), y, reduction="none", label_smoothing=label_smoothing)
+
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=pad_collate)
+    # Optional: with the loss function, seqis also refreshes stale factors by forward-only passes.
+    refresh = {"loss_fn": per_sequence_loss, "model": model, "lengths": data.lengths[data.train_idx]}
+    loader = seqis.ImportanceLoader(
+        loader, model.head, seqis.MiningConfig(always_on=always_on), **refresh
+    )  # (*)
 
     step = 0
     while step < steps:
-        for (x, y), index, weight in loader:
-            logits = model(x)
-            per_seq = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
-            loss = (weight * per_seq).mean()  # (*) weight each sequence's loss
+        for batch in loader:
+            loss = loader.weigh(per_sequence_loss(model, batch))  # (*) was: .mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            miner.harvest(index, norms.compute(weight), step, weight)  # (*) factors from this backward
-            miner.after_step(step)  # (*) switches importance sampling on or off every 50 steps
+            loader.step()  # (*) factors from this backward; refresh; the switch
             step += 1
             if step % 100 == 0:
-                state = "on" if sampler.active else "off"
+                state = "on" if loader.active else "off"
                 print(f"step {step}: weighted train loss {loss.item():.3f}, importance sampling {state}")
             if step >= steps:
                 break
+    model.eval()
     with torch.no_grad():
-        val_x, val_y = data.inputs[data.val_idx], data.targets[data.val_idx]
-        val = F.cross_entropy(model(val_x).transpose(1, 2), val_y).item()
-    print(f"validation loss after {steps} steps: {val:.3f}")
-    return {"val_loss": val, "uniform_loss": math.log(len(data.vocab)), "is_active": sampler.active}
+        x, lengths, y = pad_collate([val_set[i] for i in range(len(val_set))])
+        val = F.cross_entropy(model(x, lengths), y).item()
+    print(f"validation loss after {steps} steps: {val:.4f}")
+    active_share = loader.miner.active_steps / max(1, loader.miner.steps)
+    return {"val_loss": val, "active_share": active_share, "chance_loss": float(torch.log(torch.tensor(9.0)))}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--always-on", action="store_true", help="importance sampling from step 50")
     args = parser.parse_args()
-    main(args.steps, args.always_on)
+    main(args.steps, args.label_smoothing, args.always_on)

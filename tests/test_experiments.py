@@ -1,7 +1,4 @@
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -152,29 +149,6 @@ def test_diagnose_end_to_end(tmp_path, capsys):
     wrong = ["diagnose", "--data", "digits:rows", "--checkpoint", str(out), "--out", str(again)]
     assert main([*wrong, *TINY[2:], "--hidden", "32", "--layers", "1"]) == 2
     assert "does not fit this model" in capsys.readouterr().err
-
-
-# The example's settings as seqis train flags: same data, model shape, optimizer, seed; its loop
-# does not clip and has no forward-only scorer, so no clipping and no refresh here either.
-OWN_LOOP_AS_CLI = (
-    "train --data stdlib --seq-len 64 --max-chars 300000 --model lstm --hidden 128 --layers 1 --embed 32 "
-    "--batch-size 32 --lr 0.003 --clip 1e9 --refresh-fraction 0 --sampler fim --seed 0 --eval-every 150 "
-    "--steps 150 --no-progress --threads 1"
-).split()
-
-
-@pytest.mark.parametrize("always_on", [False, True])
-def test_own_loop_example_matches_seqis_train(monkeypatch, tmp_path, always_on):
-    monkeypatch.setattr(sys, "argv", ["own_loop.py"])
-    path = Path(__file__).parents[1] / "examples" / "own_loop.py"
-    own = runpy.run_path(str(path))["main"](150, always_on=always_on)
-    # character windows hardly differ: the switch stays uniform; --always-on forces importance draws
-    assert own["is_active"] == always_on and own["val_loss"] < 0.75 * own["uniform_loss"]
-    flags = ["--always-on"] if always_on else []
-    assert main([*OWN_LOOP_AS_CLI, *flags, "--out", str(tmp_path / "cli")]) == 0
-    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
-    assert cli["is_active_share"] > 0 if always_on else cli["is_active_share"] == 0
-    assert own["val_loss"] == pytest.approx(cli["final_val_loss"], rel=1e-3)  # measured: equal to 5 digits
 
 
 def test_a_signal_stops_the_whole_race(tmp_path, monkeypatch, capsys):

@@ -40,6 +40,8 @@ _PUBLIC = {
     "PruningSampler": "seqis.sampling.sampler",
     "WeightedDataset": "seqis.sampling.loader",
     "weighted_collate": "seqis.sampling.loader",
+    "ImportanceLoader": "seqis.training.own_loop",
+    "output_layer_scorer": "seqis.importance.scoring",
     "TrainConfig": "seqis.training.trainer",
     "train": "seqis.training.trainer",
 }

@@ -65,6 +65,13 @@ class DistContext:
             torch.cuda.set_device(local)
         return cls(dist.get_rank(), dist.get_world_size(), local, owns)
 
+    @classmethod
+    def current(cls) -> DistContext:
+        """The process group a caller (DDP, Lightning, torchrun) already initialised, if any."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
     def shard(self, global_batch: Tensor) -> Tensor:
         """This rank's contiguous slice of a global batch."""
         if not self.enabled:

@@ -15,6 +15,9 @@ gradient, which is what importance sampling needs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -38,24 +41,38 @@ class OutputLayerNorms:
         self.layer = layer
         self._inputs: Tensor | None = None
         self._grads: Tensor | None = None
+        self._paused = False
         self._handles = [
             layer.register_forward_hook(self._save_inputs),
             layer.register_full_backward_hook(self._save_grads),
         ]
 
     def _save_inputs(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        if torch.is_grad_enabled():  # evaluation passes leave the training batch's record alone
+        if torch.is_grad_enabled() and not self._paused:  # evaluation leaves the training record alone
             self._inputs = inputs[0].detach()
 
     def _save_grads(self, module: nn.Module, grad_input, grad_output: tuple[Tensor, ...]) -> None:
-        self._grads = grad_output[0].detach()
+        if not self._paused:
+            self._grads = grad_output[0].detach()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Passes inside (a forward-only refresh, say) leave the training batch's record alone."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     @torch.no_grad()
-    def compute(self, weights: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def compute(
+        self, weights: Tensor | None = None, reduction: str = "mean", count: int | None = None
+    ) -> Tensor:
         """Factors ``(B,)`` of the last forward and backward through the layer.
 
         ``weights`` are the per-sequence weights multiplied into the loss (default: none);
-        ``reduction`` is how the loss combined sequences: ``"mean"`` (divided by B) or ``"sum"``.
+        ``reduction`` is how the loss combined sequences: ``"mean"`` (divided by B) or ``"sum"``;
+        ``count`` computes only the first ``count`` sequences' factors (the switch's sample).
         """
         if self._inputs is None or self._grads is None:
             raise RuntimeError("no forward and backward pass through the layer since the hooks were set")
@@ -68,11 +85,13 @@ class OutputLayerNorms:
             raise ValueError(
                 f"expected the layer's inputs as (B, T, H) or (B, H), got {tuple(self._inputs.shape)}"
             )
+        batch = len(inputs)
+        inputs, grads = inputs[:count], grads[:count]
         dtype = torch.promote_types(grads.dtype, torch.float32)
         norms = output_layer_norms(grads.to(dtype), inputs.to(dtype))
-        coefficient = torch.ones_like(norms) if weights is None else weights.detach().to(norms)
+        coefficient = torch.ones_like(norms) if weights is None else weights.detach()[: len(norms)].to(norms)
         if reduction == "mean":
-            coefficient = coefficient / len(norms)
+            coefficient = coefficient / batch
         return norms / coefficient.clamp_min(1e-12)
 
     def remove(self) -> None:

@@ -141,7 +141,9 @@ class Miner:
         ctx: DistContext | None = None,
     ):
         self.sampler, self.config, self.score_fn = sampler, config, score_fn
-        self.ctx = ctx or DistContext()
+        # Under DDP or Lightning the miner joins the caller's process group: every rank must
+        # see every rank's factors, or their switch decisions could differ.
+        self.ctx = ctx or DistContext.current()
         # Sweep order: by length, so a refresh batch has little padding.
         order = torch.argsort(lengths[sampler.indices], stable=True) if lengths is not None else None
         self._sweep = sampler.indices[order] if order is not None else sampler.indices
@@ -193,7 +195,7 @@ class Miner:
         index = self.ctx.gather(index.to(factors.device)).cpu()
         weights = self.ctx.gather(weights.to(factors.device, factors.dtype)).cpu()
         factors = self.ctx.gather(factors).cpu()
-        self.sampler.record(index, factors, step)
+        self.sampler.record(index, factors, step, gathered=True)
         # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
         # sees the spread across sequences, not the drift of the scale as the model learns.
         s, w = factors.double().numpy(), weights.double().numpy()
@@ -281,7 +283,7 @@ class Miner:
             factors = self.ctx.gather(self.score(mine).to(self.ctx.comm_device)).cpu()
         else:
             factors = self.score(index)
-        self.sampler.record(index, factors, step)
+        self.sampler.record(index, factors, step, gathered=True)
 
     def score(self, index: torch.Tensor) -> torch.Tensor:
         """``score_fn(index)``, timed as mining (refresh, presampling)."""

@@ -112,9 +112,14 @@ class UniformBatchSampler(torch.utils.data.Sampler):
             idx, w = self.draw()
             yield list(zip(idx[mine].tolist(), w[mine].tolist(), strict=True))
 
-    def _usable(self, dataset_indices: Tensor, factors: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _usable(
+        self, dataset_indices: Tensor, factors: Tensor, gathered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and values of every rank's recorded factors, bad ones dropped (warned once)."""
-        dataset_indices, factors = self._exchanged(dataset_indices, factors)
+        if not gathered:
+            dataset_indices, factors = self._exchanged(dataset_indices, factors)
+        dataset_indices = torch.as_tensor(dataset_indices, dtype=torch.long)
+        factors = torch.as_tensor(factors).detach().double()
         pos = self.positions_of(dataset_indices)
         values, bad = repair_factors(factors.cpu().numpy())
         if not bad:
@@ -208,12 +213,13 @@ class ImportanceSampler(UniformBatchSampler):
         self._active = bool(value)
 
     # -- factors ---------------------------------------------------------------------------
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0, gathered: bool = False) -> None:
         """Store new factors for these sequences; the tree is updated in O(b log N).
 
-        With several replicas every rank calls it with its own slice (equal lengths).
+        With several replicas every rank calls it with its own slice (equal lengths), unless
+        ``gathered``: the caller (the miner) has already collected every rank's factors.
         """
-        pos, values = self._usable(dataset_indices, factors)
+        pos, values = self._usable(dataset_indices, factors, gathered)
         self.factors[pos] = values
         self.scored_step[pos] = step
         if self._active:
@@ -396,9 +402,9 @@ class PruningSampler(UniformBatchSampler):
     def coverage(self) -> float:
         return float((~np.isnan(self.factors)).mean())
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0, gathered: bool = False) -> None:
         """Store the latest factors; they shape the pruning of the next epoch."""
-        pos, values = self._usable(dataset_indices, factors)
+        pos, values = self._usable(dataset_indices, factors, gathered)
         self.factors[pos] = values
 
     def rebuild(self) -> None:

@@ -1,0 +1,108 @@
+"""Forward-only factors for any model and loss: the miner's refresh, outside seqis's own trainer.
+
+Refresh re-scores sequences the training loop has not touched for a while. For a model
+seqis does not know, the factor is the same one the hooks harvest during training: the
+norm of each sequence's own loss gradient with respect to the output ``nn.Linear``. It
+costs one forward pass with no graph through the body (every parameter but the output
+layer's is frozen for the pass), plus a backward through the output layer alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from seqis.importance.factors import output_layer_norms
+
+PerSequenceLoss = Callable[[nn.Module, Any], Tensor]
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+@contextmanager
+def _only_layer_requires_grad(model: nn.Module, layer: nn.Linear):
+    """No autograd graph through the body: only ``layer``'s parameters keep requires_grad."""
+    keep = {id(p) for p in layer.parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def output_layer_scorer(
+    model: nn.Module,
+    output_layer: nn.Linear,
+    loss_fn: PerSequenceLoss,
+    fetch: Callable[[Tensor], Any],
+) -> Callable[[Tensor], Tensor]:
+    """A ``score_fn`` for :class:`~seqis.importance.mining.Miner`: dataset indices -> factors.
+
+    ``fetch(index)`` returns the batch of those sequences as the training loop sees it (on
+    the model's device); ``loss_fn(model, batch)`` returns one loss per sequence, the same
+    function the loop trains with. The model runs in eval mode (no dropout) and the
+    parameters' ``.grad`` are left untouched.
+
+    Example:
+        >>> score_fn = output_layer_scorer(model, model.head, per_sequence_loss,
+        ...                                lambda idx: collate([dataset[i] for i in idx]))
+        >>> miner = Miner(sampler, MiningConfig(), score_fn=score_fn)
+    """
+    if not isinstance(output_layer, nn.Linear):
+        raise TypeError(f"the output layer must be an nn.Linear, got {type(output_layer).__name__}")
+    module = getattr(model, "module", model)  # DistributedDataParallel: score without its hooks
+    captured: dict[str, Tensor] = {}
+
+    def detach_inputs(layer: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        # A leaf that requires grad: the backward stops here, and full backward hooks on the
+        # layer (OutputLayerNorms) see a gradient w.r.t. an input, as in training.
+        return (inputs[0].detach().requires_grad_(), *inputs[1:])
+
+    def capture(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        captured["inputs"], captured["outputs"] = inputs[0].detach(), output
+
+    def score_fn(index: Tensor) -> Tensor:
+        batch = fetch(index)
+        was_training = module.training
+        module.eval()
+        handles = [
+            output_layer.register_forward_pre_hook(detach_inputs),
+            output_layer.register_forward_hook(capture),
+        ]
+        try:
+            with torch.enable_grad(), _only_layer_requires_grad(module, output_layer):
+                losses = loss_fn(module, batch)
+                if losses.dim() != 1 or len(losses) != len(index):
+                    raise ValueError(
+                        f"loss_fn must return one loss per sequence ({len(index)}), "
+                        f"got shape {tuple(losses.shape)}"
+                    )
+                (grads,) = torch.autograd.grad(losses.sum(), captured["outputs"])
+        finally:
+            for handle in handles:
+                handle.remove()
+            module.train(was_training)
+        inputs = captured.pop("inputs")
+        captured.clear()
+        if inputs.dim() == 2:  # (B, H): one output per sequence
+            inputs, grads = inputs.unsqueeze(1), grads.unsqueeze(1)
+        dtype = torch.promote_types(grads.dtype, torch.float32)
+        return output_layer_norms(grads.to(dtype), inputs.to(dtype)).detach()
+
+    return score_fn
