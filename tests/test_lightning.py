@@ -58,7 +58,8 @@ def test_ddp_ranks_train_disjoint_slices_of_one_global_draw(tmp_path):
     assert all(r["world"] == 2 and r["active"] for r in ranks)
     assert len(ranks[0]["draws"]) == len(ranks[1]["draws"]) == 120
     # uniform warm-up: one global permutation sliced, so no sequence on both ranks
-    assert all(not set(a) & set(b) for a, b in zip(ranks[0]["draws"][:50], ranks[1]["draws"][:50], strict=True))
+    warmup = zip(ranks[0]["draws"][:50], ranks[1]["draws"][:50], strict=True)
+    assert all(not set(a) & set(b) for a, b in warmup)
     # one importance distribution everywhere: identical factors and coverage on both ranks
     assert ranks[0]["factors_sha"] == ranks[1]["factors_sha"] and ranks[0]["coverage"] == ranks[1]["coverage"]
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]

@@ -79,3 +79,34 @@ def test_delivered_gain_and_weighted_ceiling_are_unbiased():
     # with fresh factors, the cut the distribution delivers is the gain the switch predicts
     assert delivered_gain(s[idx], w) == pytest.approx(estimated_gain(s, 0.2), rel=0.03)
     assert weighted_ceiling(s[idx], w) == pytest.approx(estimated_gain(s, 0.0), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "noise_scale, sigma, expect_on",
+    [
+        (0.01, 0.8, False),  # a large variance cut, but gradient noise does not limit progress
+        (300.0, 0.35, True),  # a cut below min_gain, but noise dominates: it pays
+    ],
+)
+def test_switch_weighs_predicted_step_gain_against_mining_cost(noise_scale, sigma, expect_on):
+    from seqis.importance.mining import estimated_gain
+    from seqis.importance.noise import predicted_step_gain
+
+    n, b = 2000, 64
+    rng = np.random.default_rng(0)
+    factors = rng.lognormal(0.0, sigma, n)
+    gain = estimated_gain(factors, 0.2)
+    assert (gain >= 1.2) != expect_on  # the old rule alone would decide the other way
+    sampler = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=0)
+    miner = Miner(sampler, MiningConfig())
+    second_moment = float(np.mean(factors**2))
+    true_g2 = second_moment / (1.0 + noise_scale)  # |G|^2 for this noise scale
+    batch_sq = true_g2 + (second_moment - true_g2) / b  # E|G_b|^2
+    for step in range(300):
+        index = torch.from_numpy(rng.integers(0, n, b))
+        miner.harvest(index, torch.from_numpy(factors[index.numpy()]), step, None, batch_sq)
+        miner.after_step(step)
+    assert miner.noise.noise_scale == pytest.approx(noise_scale, rel=0.6, abs=0.05)  # a noisy estimate
+    predicted = predicted_step_gain(miner.noise.noise_scale, gain, b)
+    assert (predicted >= 1 + miner.predicted_cost) == expect_on
+    assert sampler.active == expect_on

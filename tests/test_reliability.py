@@ -1,8 +1,8 @@
 """Resume under changed settings, exact resume in the active phase, signals and torn outputs."""
 
 import json
-import os
 import signal
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -97,11 +97,14 @@ def test_cuda_rng_states_are_saved_and_restored(tmp_path, monkeypatch):
 
 
 def test_second_signal_gets_the_default_handler():
+    # Sent to the main thread itself: a process-wide kill may land on another thread (loader
+    # workers, gloo), whose handler then trips the main thread only after the check below.
+    main_thread = threading.main_thread().ident
     with _StopSignal() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(main_thread, signal.SIGINT)
         assert stop.received == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):  # a stuck loop can still be interrupted
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_kill(main_thread, signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqis.data.registry import load_data
+from seqis.data.registry import DataOptions, load_data
 from seqis.importance.factors import exact_factors
 from seqis.importance.mining import ceiling, estimated_gain
 from seqis.models.rnn import ModelConfig, RecurrentModel
@@ -246,3 +246,52 @@ def test_pruning_drops_bad_factors_like_the_importance_sampler():
     with pytest.warns(RuntimeWarning, match="dropped"):
         sampler.record(torch.arange(4), torch.tensor([2.0, float("nan"), -1.0, 3.0]))
     assert sampler.repaired == 2 and sampler.factors.tolist() == [2.0, 1.0, 1.0, 3.0]
+
+
+def test_cost_aware_draws_follow_factor_over_root_cost_and_stay_unbiased():
+    n = 40
+    g = torch.Generator().manual_seed(0)
+    factors = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.1
+    costs = torch.randint(1, 30, (n,), generator=g).double()
+    values = torch.randn(n, generator=g, dtype=torch.float64)  # a per-sequence "gradient"
+    sampler = ImportanceSampler(range(n), batch_size=400, smoothing=0.2, seed=5, costs=costs)
+    sampler.record(torch.arange(n), factors)
+    sampler.active = True
+    ratio = (factors / costs.sqrt()).numpy()
+    expected_p = 0.8 * ratio / ratio.sum() + 0.2 / n
+    assert np.allclose(sampler.probabilities(), expected_p)
+    estimates = []
+    for _ in range(300):
+        idx, w = sampler.draw()
+        assert np.allclose(w.numpy(), 1 / (n * expected_p[idx.numpy()]), rtol=1e-6)
+        estimates.append(float((w.double() * values[idx]).mean()))
+    se = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - float(values.mean())) < 4 * se  # the weighted mean is unbiased
+    # a record while active updates the tree with the cost scaling too, and a resume keeps it
+    sampler.record(torch.arange(5), torch.ones(5))
+    resumed = ImportanceSampler(range(n), batch_size=400, smoothing=0.2, seed=5, costs=costs)
+    resumed.load_state_dict(sampler.state_dict())
+    assert np.allclose(resumed.probabilities(), sampler.probabilities())
+    rebuilt = ImportanceSampler(range(n), batch_size=400, smoothing=0.2, seed=5, costs=costs)
+    rebuilt.record(torch.arange(n), torch.from_numpy(sampler.factors))
+    rebuilt.active = True
+    assert np.allclose(rebuilt.probabilities(), sampler.probabilities())
+    with pytest.raises(ValueError, match="positive finite"):
+        ImportanceSampler(range(n), batch_size=4, costs=torch.zeros(n))
+
+
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_packed_sequences_give_the_same_losses(task):
+    if task == "classify":
+        data = load_data("ucr:JapaneseVowels")
+    else:  # one variable-length sequence per line
+        data = load_data("stdlib:lines", DataOptions(max_chars=20_000))
+    batch = data.batch(data.train_idx[:12])
+    assert len(set(batch.lengths.tolist())) > 3
+    losses = []
+    for pack in (False, True):
+        torch.manual_seed(0)
+        cfg = ModelConfig(cell="lstm", hidden_size=8, num_layers=2, embed_size=8, pack=pack)
+        model = RecurrentModel(data.task, data.input_size, data.num_outputs, cfg, tokens=data.tokens)
+        losses.append(model(batch).loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)

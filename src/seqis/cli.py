@@ -72,6 +72,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=_positive_int, default=256)
     p.add_argument("--layers", type=_positive_int, default=2)
     p.add_argument("--embed", type=_positive_int, default=64)
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="run the RNN over packed sequences, so a step's cost follows the lengths it holds",
+    )
     p.add_argument("--dropout", type=_fraction, default=0.0)
 
 
@@ -145,6 +150,11 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         type=_positive_int,
         default=256,
         help="sequences re-scored in one forward-only refresh pass while IS is on",
+    )
+    p.add_argument(
+        "--cost-aware",
+        action="store_true",
+        help="draw p proportional to factor / sqrt(length): least variance per unit of work",
     )
     p.add_argument(
         "--lr-scale",
@@ -270,6 +280,7 @@ def train_config(args, **overrides):
             num_layers=args.layers,
             dropout=args.dropout,
             embed_size=args.embed,
+            pack=args.pack,
         ),
         sampler=getattr(args, "sampler", "uniform"),
         mining=MiningConfig(
@@ -279,6 +290,7 @@ def train_config(args, **overrides):
             min_gain_off=args.min_gain_off,
             refresh_batch=args.refresh_batch,
             lr_scale=args.lr_scale,
+            cost_aware=args.cost_aware,
             lr_scale_max=args.lr_scale_max,
             always_on=args.always_on,
             factor=args.factor,

@@ -21,7 +21,7 @@ from seqis.errors import CheckpointError
 from seqis.experiments.plots import plot_histogram, plot_noise
 from seqis.importance.factors import score
 from seqis.importance.mining import ceiling, estimated_gain
-from seqis.importance.noise import NoiseScale
+from seqis.importance.noise import NoiseScale, predicted_step_gain
 from seqis.training.checkpoint import load_latest
 from seqis.training.trainer import TrainConfig, build, evaluate, train
 
@@ -128,21 +128,6 @@ def diagnose(
     (Path(config.out) / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
     np.save(Path(config.out) / "factors.npy", s)
     return report
-
-
-def predicted_step_gain(noise_scale: float | None, gain: float, batch_size: int) -> float | None:
-    """(1 + B/b) / (1 + B/(b g)) for a second-moment gain ``gain``.
-
-    The formula wants g as a cut of the covariance; with |G|^2 = E[s^2] / (1 + B), a cut of
-    the second moment by ``gain`` is a covariance cut g = B gain / (1 + B - gain).
-    """
-    if noise_scale is None:
-        return None
-    b = batch_size
-    if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
-        return 1.0 + noise_scale / b
-    cut = noise_scale * gain / (1.0 + noise_scale - gain)
-    return (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
 
 
 def _time_training_step(model, data, batch_size: int, device, repeats: int = 5) -> float:

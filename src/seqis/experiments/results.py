@@ -48,12 +48,17 @@ EXPERIMENTS: dict[str, str] = {
     "--lrs 0.001,0.002,0.004 --steps 1000 --eval-every 250",
     "wordnet": f"--data wordnet --seq-len 128 --val-size 5000 {GRU} {SAMPLERS} --seeds 3 --lrs 0.004 "
     "--steps 3000 --eval-every 300",
+    # Cost-aware draws (p ~ s / sqrt(length)) over packed sequences, so that cost follows length.
+    "wordnet-cost-aware": f"--data wordnet --seq-len 128 --val-size 5000 {GRU} --pack --cost-aware "
+    "--samplers uniform,fim --seeds 3 --lrs 0.004 --steps 3000 --eval-every 300",
     # A character LM: windows hardly differ (ceiling ~1.05), the switch should keep fim uniform.
     "stdlib": "--data stdlib --hidden 128 --layers 1 --batch-size 32 --samplers uniform,fim --seeds 3 "
     "--steps 1500 --eval-every 100",
     # The small variable-length case: 576 training sequences, overfit within seconds.
     "japanese-vowels": "--data ucr:JapaneseVowels --hidden 64 --layers 1 --batch-size 16 "
     f"{SAMPLERS} --seeds 3 --steps 600 --eval-every 20",
+    "japanese-vowels-cost-aware": "--data ucr:JapaneseVowels --hidden 64 --layers 1 --batch-size 16 --pack "
+    "--cost-aware --samplers uniform,fim --seeds 3 --steps 600 --eval-every 20",
 }
 
 

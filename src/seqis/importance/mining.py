@@ -17,8 +17,13 @@ Three mechanisms, each chosen so the mining cost survives a wall-clock compariso
 
       gain = E[s^2] / E[s^2 / ((1 - alpha) s / E[s] + alpha)]    (= E[s^2]/E[s]^2 at alpha=0)
 
-  Importance sampling is switched on only while ``gain >= min_gain``; otherwise the run
-  stays uniform and pays only the harvest (a few small tensor ops a step). While it is
+  That cut becomes fewer steps only where gradient noise limits progress: with the output
+  layer's noise scale B (see :mod:`seqis.importance.noise`) it predicts at most
+  (1 + B/b) / (1 + B/(b g)) fewer steps. Importance sampling is switched on only when that
+  predicted step gain beats mining's predicted cost (refresh: ``refresh_fraction`` forward
+  passes at ``forward_cost`` of a step each, plus ``harvest_cost``); until B is known, when
+  ``gain >= min_gain``. Otherwise the run stays uniform and pays only the harvest (a few
+  small tensor ops a step). While it is
   on, the harvest is an importance-drawn sample with weights w = 1/(N p), and the cut that
   the current (partly stale) distribution really delivers is
 
@@ -49,7 +54,7 @@ import torch
 
 from seqis.distributed import DistContext
 from seqis.importance.factors import FACTORS
-from seqis.importance.noise import NoiseScale
+from seqis.importance.noise import NoiseScale, predicted_step_gain
 
 
 @dataclass
@@ -60,13 +65,16 @@ class MiningConfig:
     smoothing: float = 0.2  # alpha: weights stay <= 1/alpha = 5
     refresh_fraction: float = 0.1  # sequences re-scored per trained sequence while IS is on
     refresh_batch: int = 256
-    min_gain: float = 1.2  # switch on when the estimated gain reaches this
+    min_gain: float = 1.2  # switch on when the estimated gain reaches this (until B is known)
+    forward_cost: float = 1 / 3  # a forward-only pass, in training steps per sequence
+    harvest_cost: float = 0.035  # harvest and bookkeeping while IS is on, share of a step (measured)
     min_gain_off: float = 1.0  # switch off when the distribution in use delivers less than this
     check_every: int = 50  # steps between switch decisions (and O(N) tree rebuilds)
     warmup_steps: int = 50  # uniform steps before the first decision
     switch_sample: int = 8  # while IS is off: sequences harvested every switch_every steps,
     switch_every: int = 4  # so a decision sees 100 of them
     always_on: bool = False  # skip the switch (for experiments)
+    cost_aware: bool = False  # p proportional to s / sqrt(cost): least variance per unit of work
     lr_scale: str = "none"  # while IS is on, scale the lr by the variance cut: none, sqrt, linear
     lr_scale_max: float = 2.0  # bound on that multiplier
     prune_ratio: float = 0.5  # --sampler prune: skip probability of a below-mean sequence
@@ -236,7 +244,7 @@ class Miner:
             else:
                 gain = estimated_gain(s, self.config.smoothing)
                 self._predicted_gain = gain
-                self.sampler.active = gain >= self.config.min_gain
+                self.sampler.active = self._pays(gain)
             if self.sampler.active != was_active:
                 self._recent.clear()  # the other regime's sample is biased for this one
             self.gain_history.append((step + 1, gain, self.sampler.active))
@@ -244,6 +252,23 @@ class Miner:
             self.noise_history.append((step + 1, self.sampler.active, *self.noise_figures().values()))
         self._update_lr_multiplier()
         self.mining_time_s += time.perf_counter() - start
+
+    @property
+    def predicted_cost(self) -> float:
+        """Mining's share of step time while IS is on: refresh passes plus the harvest."""
+        refresh = (
+            self.config.refresh_fraction * self.config.forward_cost if self.score_fn is not None else 0.0
+        )
+        return refresh + self.config.harvest_cost
+
+    def _pays(self, gain: float) -> bool:
+        """Switch on when the predicted step gain beats mining's cost; by ``min_gain`` until B is known."""
+        step_gain = (
+            predicted_step_gain(self.noise.noise_scale, gain, self.sampler.batch_size) if self.noise else None
+        )
+        if step_gain is None:
+            return gain >= self.config.min_gain
+        return step_gain >= 1.0 + self.predicted_cost
 
     def _update_lr_multiplier(self) -> None:
         """Move the lr multiplier towards rule(g) while IS is on (1 while off), bounded, smoothed."""

@@ -114,3 +114,18 @@ class NoiseScale:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def predicted_step_gain(noise_scale: float | None, gain: float, batch_size: int) -> float | None:
+    """(1 + B/b) / (1 + B/(b g)) for a second-moment gain ``gain``.
+
+    The formula wants g as a cut of the covariance; with |G|^2 = E[s^2] / (1 + B), a cut of
+    the second moment by ``gain`` is a covariance cut g = B gain / (1 + B - gain).
+    """
+    if noise_scale is None:
+        return None
+    b = batch_size
+    if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
+        return 1.0 + noise_scale / b
+    cut = noise_scale * gain / (1.0 + noise_scale - gain)
+    return (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqis.data.base import LM, Batch
 
@@ -46,6 +47,7 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0
     embed_size: int = 64
+    pack: bool = False  # packed sequences: the RNN's work follows the real lengths, not the longest
 
 
 class RecurrentModel(nn.Module):
@@ -86,13 +88,13 @@ class RecurrentModel(nn.Module):
         self.head = nn.Linear(cfg.hidden_size, num_outputs)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        states, _ = self.rnn(self.encoder(batch.inputs))
+        states = self._run(self.encoder(batch.inputs), batch.lengths)
         states = self.drop(states)
         if self.task == LM:
             hidden, targets, mask = states, batch.targets, batch.mask
         else:
             # A unidirectional RNN's state at the last real step never sees the padding
-            # after it, so no packing is needed: gather that step and classify it.
+            # after it (packing changes the work, not the result): gather that step and classify it.
             last = (batch.lengths - 1).clamp_min(0).to(states.device)
             hidden = states[torch.arange(len(states), device=states.device), last].unsqueeze(1)
             targets = batch.targets.unsqueeze(1)
@@ -100,6 +102,16 @@ class RecurrentModel(nn.Module):
         logits = self.head(hidden)
         loss = sequence_losses(logits, targets, mask)
         return ModelOutput(logits, hidden, targets, mask, loss)
+
+    def _run(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        """The RNN's states ``(B, T, H)``; zeros after each sequence's end when packed."""
+        if not self.config.pack:
+            return self.rnn(embedded)[0]
+        packed = pack_padded_sequence(
+            embedded, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False
+        )
+        states, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=embedded.shape[1])
+        return states
 
 
 def sequence_losses(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:

@@ -165,6 +165,10 @@ def repair_factors(values: np.ndarray) -> tuple[np.ndarray, int]:
 class ImportanceSampler(UniformBatchSampler):
     """Draws sequences by importance factor, with unbiasing weights; O(b log N) a batch.
 
+    With ``costs`` (one per index, e.g. lengths) draws follow s_i / sqrt(c_i) instead of s_i:
+    the weights stay 1 / (N p_i), so the gradient stays unbiased, and a unit of work buys the
+    least variance.
+
     Factors arrive through :meth:`record` (harvested from training steps or refreshed by
     the miner). A sequence never scored gets the mean of the known factors, so it is
     neither starved nor favoured. Mixing with uniform (``smoothing = alpha``) bounds every
@@ -187,12 +191,21 @@ class ImportanceSampler(UniformBatchSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        costs: Sequence[float] | Tensor | None = None,
     ):
         super().__init__(indices, batch_size, seed, num_replicas, rank)
         if not 0.0 < smoothing <= 1.0:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing
+        # Cost-aware draws: minimising variance x expected cost gives p proportional to s / sqrt(c)
+        # (a sequence's cost: its length, when the model runs over packed sequences).
+        self._cost_scale: np.ndarray | None = None
+        if costs is not None:
+            c = np.asarray(torch.as_tensor(costs, dtype=torch.float64), dtype=np.float64)
+            if c.shape != (len(self.indices),) or not (np.isfinite(c) & (c > 0)).all():
+                raise ValueError(f"costs must be {len(self.indices)} positive finite numbers, one per index")
+            self._cost_scale = 1.0 / np.sqrt(c)
         self._active = False
         self._tree_stale = False  # factors recorded while inactive, not yet in the tree
         n = self.num_sequences
@@ -223,13 +236,14 @@ class ImportanceSampler(UniformBatchSampler):
         self.factors[pos] = values
         self.scored_step[pos] = step
         if self._active:
-            self._tree.update(pos, values)
+            self._tree.update(pos, values if self._cost_scale is None else values * self._cost_scale[pos])
         else:  # nobody draws from the tree now: fold these in with one O(N) rebuild later
             self._tree_stale = True
 
     def rebuild(self) -> None:
         """Re-fill the tree in O(N): unscored sequences get the current mean factor."""
-        self._tree.rebuild(self.scores())
+        scores = self.scores()
+        self._tree.rebuild(scores if self._cost_scale is None else scores * self._cost_scale)
         self._tree_stale = False
 
     def scores(self) -> np.ndarray:

@@ -8,6 +8,7 @@ validation and checkpoint writes, which are measurement and the same for every s
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
@@ -106,6 +107,8 @@ class TrainConfig:
         if not 0 < self.mining.smoothing <= 1:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ConfigError(f"--smoothing must be in (0, 1], got {self.mining.smoothing}")
+        if self.mining.cost_aware and self.sampler in ("prune", "gradnorm"):
+            raise ConfigError(f"--cost-aware shapes importance draws; --sampler {self.sampler} has none")
         if self.mining.min_gain_off > self.mining.min_gain:
             raise ConfigError("--min-gain-off must not exceed --min-gain (the switch would flap)")
         if not 0 <= self.mining.prune_ratio < 1 or not 0 <= self.mining.prune_anneal <= 1:
@@ -321,7 +324,8 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         if presample:
             mining.refresh_fraction = 0.0
         kind = PresamplingSampler if presample else ImportanceSampler
-        sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed, **one)
+        costs = data.lengths[data.train_idx] if mining.cost_aware else None
+        sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed, costs=costs, **one)
         miner = Miner(sampler, mining, forward_scorer(mining.factor, model, data, device), data.lengths, ctx)
         if presample:
             sampler.score_fn = miner.score
@@ -342,6 +346,10 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
             f"(another rank died or stalled): {str(e).splitlines()[0]}"
         ) from None
     finally:
+        # DistributedDataParallel sits in reference cycles: collect it while its process group
+        # is alive. Left to interpreter exit, its reducer and gloo's threads were torn down after
+        # the group and a rank aborted ("terminate called without an active exception").
+        gc.collect()
         ctx.close()
 
 
