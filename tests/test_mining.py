@@ -110,3 +110,16 @@ def test_switch_weighs_predicted_step_gain_against_mining_cost(noise_scale, sigm
     predicted = predicted_step_gain(miner.noise.noise_scale, gain, b)
     assert (predicted >= 1 + miner.predicted_cost) == expect_on
     assert sampler.active == expect_on
+
+
+def test_anneal_draws_the_last_share_of_planned_steps_uniformly():
+    sampler = ImportanceSampler(range(500), batch_size=16, smoothing=0.2, seed=0)
+    miner = Miner(sampler, MiningConfig(always_on=True, anneal=0.25), total_steps=200)
+    active = []
+    for step in range(200):
+        index = torch.randint(0, 500, (16,))
+        miner.harvest(index, torch.rand(16) + 0.1, step)
+        miner.after_step(step)
+        active.append(sampler.active)
+    assert miner.uniform_from == 150
+    assert all(active[49:149]) and not any(active[149:]) and not any(active[:49])

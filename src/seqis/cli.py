@@ -152,6 +152,12 @@ def _add_train_args(p: argparse.ArgumentParser, single_run: bool = True) -> None
         help="sequences re-scored in one forward-only refresh pass while IS is on",
     )
     p.add_argument(
+        "--anneal",
+        type=float,
+        default=0.0,
+        help="importance draws: the final share of --steps drawn uniformly (against late overfitting)",
+    )
+    p.add_argument(
         "--cost-aware",
         action="store_true",
         help="draw p proportional to factor / sqrt(length): least variance per unit of work",
@@ -291,6 +297,7 @@ def train_config(args, **overrides):
             refresh_batch=args.refresh_batch,
             lr_scale=args.lr_scale,
             cost_aware=args.cost_aware,
+            anneal=args.anneal,
             lr_scale_max=args.lr_scale_max,
             always_on=args.always_on,
             factor=args.factor,

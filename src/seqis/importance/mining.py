@@ -44,6 +44,7 @@ reproducible and resumes bit-exactly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class MiningConfig:
     lr_scale_max: float = 2.0  # bound on that multiplier
     prune_ratio: float = 0.5  # --sampler prune: skip probability of a below-mean sequence
     prune_anneal: float = 0.125  # --sampler prune: final share of steps on full epochs
+    anneal: float = 0.0  # importance draws: final share of the planned steps drawn uniformly
 
     def __post_init__(self) -> None:
         if self.factor not in FACTORS:
@@ -147,8 +149,14 @@ class Miner:
         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         lengths: torch.Tensor | None = None,
         ctx: DistContext | None = None,
+        total_steps: int | None = None,
     ):
         self.sampler, self.config, self.score_fn = sampler, config, score_fn
+        # With ``anneal``, the last share of the planned steps is uniform: importance sampling
+        # speeds up the hard sequences, and, left on to the end, memorises them sooner.
+        self.uniform_from = (
+            math.ceil((1.0 - config.anneal) * total_steps) if total_steps and config.anneal > 0 else None
+        )
         # Under DDP or Lightning the miner joins the caller's process group: every rank must
         # see every rank's factors, or their switch decisions could differ.
         self.ctx = ctx or DistContext.current()
@@ -227,7 +235,9 @@ class Miner:
             if self._refresh_credit >= cfg.refresh_batch:
                 self._refresh_credit -= cfg.refresh_batch
                 self.refresh(cfg.refresh_batch, step)
-        if step + 1 >= cfg.warmup_steps and (step + 1) % cfg.check_every == 0:
+        if self.uniform_from is not None and step + 1 >= self.uniform_from:
+            self.sampler.active = False  # annealed: uniform to the end, no more decisions
+        elif step + 1 >= cfg.warmup_steps and (step + 1) % cfg.check_every == 0:
             self.decide(step)
 
     def decide(self, step: int) -> None:

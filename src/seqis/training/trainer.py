@@ -111,6 +111,10 @@ class TrainConfig:
             raise ConfigError(f"--cost-aware shapes importance draws; --sampler {self.sampler} has none")
         if self.mining.min_gain_off > self.mining.min_gain:
             raise ConfigError("--min-gain-off must not exceed --min-gain (the switch would flap)")
+        if not 0 <= self.mining.anneal <= 1:
+            raise ConfigError(f"--anneal must be in [0, 1], got {self.mining.anneal}")
+        if self.mining.anneal > 0 and not self.steps:
+            raise ConfigError("--anneal needs --steps: it is a share of the planned steps")
         if not 0 <= self.mining.prune_ratio < 1 or not 0 <= self.mining.prune_anneal <= 1:
             raise ConfigError("--prune-ratio must be in [0, 1) and --prune-anneal in [0, 1]")
         if self.mining.lr_scale not in LR_RULES or not self.mining.lr_scale_max >= 1:
@@ -326,7 +330,8 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         kind = PresamplingSampler if presample else ImportanceSampler
         costs = data.lengths[data.train_idx] if mining.cost_aware else None
         sampler = kind(data.train_idx, global_batch, mining.smoothing, seed=config.seed, costs=costs, **one)
-        miner = Miner(sampler, mining, forward_scorer(mining.factor, model, data, device), data.lengths, ctx)
+        scorer = forward_scorer(mining.factor, model, data, device)
+        miner = Miner(sampler, mining, scorer, data.lengths, ctx, total_steps=config.steps)
         if presample:
             sampler.score_fn = miner.score
     return data, device, model, optimizer, sampler, miner
