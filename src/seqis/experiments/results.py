@@ -137,7 +137,7 @@ def summarize(link_prefix: str = "") -> str:
                 f"{_med(r['is_active_share'] for r in runs):.0%}",
                 f"{_med(r['mining_share'] for r in runs):.1%}",
                 _predicted(runs),
-                f"{result.get('race_duration_s', 0) / 60:.1f} min",
+                f"{_race_seconds(name) / 60:.1f} min",
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -180,14 +180,15 @@ NOTE = (
 )
 
 
+def _race_seconds(name: str) -> float:
+    """How long a race took to run (written to its race.json when it finished)."""
+    meta = ROOT / RESULTS / name / "race.json"
+    return json.loads(meta.read_text()).get("race_duration_s", 0) if meta.exists() else 0
+
+
 def total_minutes() -> float:
     """How long the committed races took to run, all together (one at a time)."""
-    seconds = 0
-    for name in EXPERIMENTS:
-        meta = ROOT / RESULTS / name / "race.json"
-        if meta.exists():
-            seconds += json.loads(meta.read_text()).get("race_duration_s", 0)
-    return seconds / 60
+    return sum(_race_seconds(name) for name in EXPERIMENTS) / 60
 
 
 def write_tables() -> None:
