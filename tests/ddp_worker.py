@@ -147,6 +147,87 @@ def rank_aware(out_path: str) -> None:
     dist.destroy_process_group()
 
 
+def own_loop(out_path: str) -> None:
+    """examples/own_loop.py's four lines under DDP: ImportanceLoader joins the process group."""
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.utils.rnn import pad_sequence
+    from torch.utils.data import DataLoader
+
+    import seqis
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    data = load_data("ucr:JapaneseVowels")
+    items = [(data.inputs[i, : data.lengths[i]], data.targets[i]) for i in data.train_idx.tolist()]
+
+    def pad(batch):
+        x, y = zip(*batch, strict=True)
+        lengths = torch.tensor([len(t) for t in x])
+        return pad_sequence(list(x), batch_first=True), lengths, torch.stack(list(y))
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = torch.nn.GRU(data.input_size, 16, batch_first=True), torch.nn.Linear(16, 9)
+
+        def forward(self, x, lengths):
+            return self.head(self.rnn(x)[0][torch.arange(len(x)), lengths - 1])
+
+    torch.manual_seed(0)
+    model = Classifier()
+
+    def per_sequence_loss(module, batch):
+        x, lengths, y = batch
+        return F.cross_entropy(module(x, lengths), y, reduction="none", label_smoothing=0.1)
+
+    net = DistributedDataParallel(model)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loader = seqis.ImportanceLoader(
+        DataLoader(items, batch_size=8, collate_fn=pad),
+        model.head,
+        seqis.MiningConfig(always_on=True, refresh_batch=32),
+        loss_fn=per_sequence_loss,
+        model=model,
+        seed=1,
+    )
+    drawn = []
+    while len(drawn) < 120:  # 36 global batches an epoch
+        for batch in loader:
+            loss = loader.weigh(per_sequence_loss(net, batch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loader.step()
+            drawn.append(loader.index.tolist())
+            if len(drawn) == 120:
+                break
+    factors = torch.from_numpy(loader.sampler.factors).nan_to_num(-1.0)
+    every = [None, None]
+    params = float(sum(p.sum() for p in model.parameters()))
+    dist.all_gather_object(every, (drawn, float(factors.sum()), params))
+    if rank == 0:
+        (rank0, f0, p0), (rank1, f1, p1) = every
+        warmup = zip(rank0[:49], rank1[:49], strict=True)
+        result = {
+            "world": loader.ctx.world,
+            "active": loader.active,
+            "disjoint_warmup": all(not set(a) & set(b) for a, b in warmup),
+            "same_factors": f0 == f1,
+            "same_parameters": p0 == p1,
+            "refreshed": loader.miner.state_dict()["sweep_cursor"] > 0,
+        }
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    modes = {"draws": draws, "stall": stall, "resume_choice": resume_choice, "rank_aware": rank_aware}
+    modes = {
+        "draws": draws,
+        "stall": stall,
+        "resume_choice": resume_choice,
+        "rank_aware": rank_aware,
+        "own_loop": own_loop,
+    }
     modes[sys.argv[1]](sys.argv[2])

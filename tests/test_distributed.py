@@ -110,3 +110,17 @@ def test_samplers_know_their_rank_in_a_users_own_loop(tmp_path):
         "same_factors": True,  # record() exchanged the slices: one distribution everywhere
         "uniform_disjoint": True,  # uniform epochs: no sequence on two ranks
     }
+
+
+def test_importance_loader_in_a_users_own_ddp_loop(tmp_path):
+    result = tmp_path / "own_loop.json"
+    proc = torchrun(str(HERE / "ddp_worker.py"), "own_loop", str(result))
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    assert json.loads(result.read_text()) == {
+        "world": 2,
+        "active": True,
+        "disjoint_warmup": True,  # uniform warm-up: slices of one global permutation
+        "same_factors": True,  # one importance distribution on both ranks
+        "same_parameters": True,
+        "refreshed": True,  # the forward-only scorer ran, split across ranks
+    }
