@@ -73,13 +73,15 @@ class UniformBatchSampler(torch.utils.data.Sampler):
     def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
         """Positions in :attr:`indices` of these dataset indices."""
         if self._position is None:
-            self._position = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
-            self._position[self.indices] = torch.arange(self.num_sequences)
-        idx = torch.as_tensor(dataset_indices, dtype=torch.long).cpu()
-        inside = (idx >= 0) & (idx < len(self._position))
-        if not inside.all() or (self._position[idx] < 0).any():
+            self._position = np.full(int(self.indices.max()) + 1, -1, dtype=np.int64)
+            self._position[self.indices.numpy()] = np.arange(self.num_sequences)
+        idx = torch.as_tensor(dataset_indices, dtype=torch.long).cpu().numpy()
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self._position)):
             raise IndexError("an index is not among this sampler's indices")
-        return self._position[idx].numpy()
+        pos = self._position[idx]
+        if (pos < 0).any():
+            raise IndexError("an index is not among this sampler's indices")
+        return pos
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,12 +118,10 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self, dataset_indices: Tensor, factors: Tensor, gathered: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positions and values of every rank's recorded factors, bad ones dropped (warned once)."""
-        if not gathered:
+        if not gathered and self.num_replicas > 1:
             dataset_indices, factors = self._exchanged(dataset_indices, factors)
-        dataset_indices = torch.as_tensor(dataset_indices, dtype=torch.long)
-        factors = torch.as_tensor(factors).detach().double()
         pos = self.positions_of(dataset_indices)
-        values, bad = repair_factors(factors.cpu().numpy())
+        values, bad = repair_factors(torch.as_tensor(factors).detach().cpu().double().numpy())
         if not bad:
             return pos, values
         if not self.repaired:
@@ -156,8 +156,11 @@ class UniformBatchSampler(torch.utils.data.Sampler):
 
 def repair_factors(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Replace NaN, inf and negative factors by NaN markers; return them and the count."""
-    values = np.asarray(values, dtype=np.float64).copy()
+    values = np.asarray(values, dtype=np.float64)
     bad = ~np.isfinite(values) | (values < 0)
+    if not bad.any():  # the common case: callers copy what they keep
+        return values, 0
+    values = values.copy()
     values[bad] = np.nan
     return values, int(bad.sum())
 
