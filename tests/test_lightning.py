@@ -63,3 +63,29 @@ def test_ddp_ranks_train_disjoint_slices_of_one_global_draw(tmp_path):
     # one importance distribution everywhere: identical factors and coverage on both ranks
     assert ranks[0]["factors_sha"] == ranks[1]["factors_sha"] and ranks[0]["coverage"] == ranks[1]["coverage"]
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
+
+
+def test_loader_from_the_modules_own_train_dataloader_hook(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+
+    class WithLoader(example["VowelClassifier"]):
+        def train_dataloader(self):
+            dataset = example["Recordings"](data, data.train_idx.tolist())
+            return torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
+
+    importance = ImportanceSampling("head", seqis.MiningConfig(always_on=True))
+    trainer = pl.Trainer(
+        max_steps=60,
+        callbacks=[importance],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(WithLoader(data.input_size, data.num_outputs))
+    assert importance.loader.steps == 60 and importance.loader.active
+    assert importance.loader.sampler.batch_size == 16
