@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqis.importance.noise import NoiseScale
+from seqis.importance.noise import NoiseScale, fixed_lr_step_gain
 from seqis.sampling.sampler import ImportanceSampler
 
 
@@ -47,7 +47,8 @@ def test_recovers_noise_scale_and_variance_cut(active):
     true_cut = trace / drawn_trace if active else 1.0
     assert est.variance_cut == pytest.approx(true_cut, rel=0.15)
     expected = (1 + true_b / b) / (1 + true_b / (b * true_cut))
-    assert est.predicted_step_gain() == pytest.approx(expected, rel=0.1)
+    assert est.predicted_step_gain(lr_retuned=True) == pytest.approx(expected, rel=0.1)
+    assert est.predicted_step_gain() == pytest.approx(2 - 1 / expected, rel=0.1)
     if active:
         assert true_cut > 1.5 and est.predicted_step_gain() > 1.2  # a case where IS pays
 
@@ -64,3 +65,31 @@ def test_predicted_cut_while_off_and_state_round_trip():
     copy = NoiseScale(batch_size=8)
     copy.load_state_dict(est.state_dict())
     assert copy.predicted_step_gain() == est.predicted_step_gain()
+
+
+@pytest.mark.parametrize("noise_scale, cut", [(40.0, 2.0), (400.0, 3.0), (4.0, 1.5)])
+def test_step_gains_match_sgd_progress_on_a_noisy_quadratic(noise_scale, cut):
+    """Monte Carlo SGD steps on L = h/2 |theta|^2: the expected loss decrease of one step.
+
+    At uniform's best learning rate for batch b, a batch g*b (what a variance cut g buys)
+    gains 2 - 1/G; at the learning rate best for g*b it gains G = (1 + B/b)/(1 + B/(g b)).
+    """
+    rng = np.random.default_rng(0)
+    d, h, b, draws = 8, 0.5, 16, 400_000
+    theta = rng.normal(size=d)
+    grad = h * theta
+    sigma = np.sqrt(noise_scale * float(grad @ grad) / d)  # tr(Sigma) = B |G|^2
+
+    def progress(lr: float, batch: float) -> float:
+        noisy = grad + rng.normal(size=(draws, d)) * sigma / np.sqrt(batch)
+        after = theta - lr * noisy
+        return float(h / 2 * (theta @ theta) - np.mean(h / 2 * np.sum(after * after, axis=1)))
+
+    def best_lr(batch: float) -> float:  # |G|^2 / (G'HG + tr(H Sigma)/batch)
+        return float(grad @ grad) / (h * float(grad @ grad) + h * d * sigma**2 / batch)
+
+    uniform = progress(best_lr(b), b)
+    tuned = (1 + noise_scale / b) / (1 + noise_scale / (b * cut))
+    assert progress(best_lr(b), b * cut) / uniform == pytest.approx(fixed_lr_step_gain(tuned), rel=0.03)
+    assert progress(best_lr(b * cut), b * cut) / uniform == pytest.approx(tuned, rel=0.03)
+    assert fixed_lr_step_gain(tuned) < 2.0

@@ -166,7 +166,10 @@ def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
     sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
     config = MiningConfig(factor="loss", lr_scale="sqrt", lr_scale_max=1.5, refresh_fraction=0.0)
     miner = Miner(sampler, config)
-    miner.noise = SimpleNamespace(noise_scale=10.0, variance_cut=9.0, predicted_step_gain=lambda: 2.0)
+    def predicted(lr_retuned: bool = False) -> float:
+        return 3.0 if lr_retuned else 2.0
+
+    miner.noise = SimpleNamespace(noise_scale=10.0, variance_cut=9.0, predicted_step_gain=predicted)
     miner.decide(49)  # no harvest yet: the switch stays off, so the multiplier stays 1
     assert not sampler.active and miner.lr_multiplier == 1.0
     sampler.active, miner.config.always_on = True, True
@@ -175,4 +178,4 @@ def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
     for step in range(20):
         miner.decide(149 + 50 * step)
     assert miner.lr_multiplier == pytest.approx(1.5, abs=1e-3)
-    assert miner.noise_history[-1][1:] == (True, 10.0, 9.0, 2.0)
+    assert miner.noise_history[-1][1:] == (True, 10.0, 9.0, 2.0, 3.0)

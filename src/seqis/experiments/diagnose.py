@@ -75,6 +75,7 @@ def diagnose(
     overhead = config.mining.refresh_fraction * cost_ratio
     b_noise = noise.noise_scale
     step_gain = predicted_step_gain(b_noise, gain, config.batch_size)
+    step_gain_retuned = predicted_step_gain(b_noise, gain, config.batch_size, lr_retuned=True)
     wall_gain = step_gain / (1.0 + overhead) if step_gain is not None else None
     pays = gain >= config.mining.min_gain and (wall_gain is None or wall_gain > 1.0)
     noise_png = plot_noise(
@@ -90,8 +91,9 @@ def diagnose(
         f"{config.mining.refresh_fraction} costs ~{overhead:.1%} of step time. "
         + (
             f"Output-layer gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: "
-            f"a {gain:.2f}x variance cut predicts at most {step_gain:.2f}x fewer steps, "
-            f"~{wall_gain:.2f}x in wall-clock after mining. "
+            f"a {gain:.2f}x variance cut predicts at most {step_gain:.2f}x fewer steps at the same "
+            f"learning rate ({step_gain_retuned:.2f}x with it re-tuned), ~{wall_gain:.2f}x in "
+            "wall-clock after mining. "
             if b_noise is not None
             else ""
         )
@@ -119,6 +121,7 @@ def diagnose(
         "mining_overhead": overhead,
         "noise_scale": b_noise,
         "predicted_step_gain": step_gain,
+        "predicted_step_gain_lr_retuned": step_gain_retuned,
         "predicted_wall_clock_gain": wall_gain,
         "noise_plot": str(noise_png) if noise_png else None,
         "is_pays": pays,

@@ -105,15 +105,21 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
 
 
 def plot_noise(history: list, png: Path, title: str) -> Path | None:
-    """The noise scale B and the predicted step gain at each switch decision of a run."""
-    rows = [(r[0], r[2], r[4]) for r in history if r[2] is not None and r[4] is not None]
+    """The noise scale B and the predicted step gains at each switch decision of a run."""
+    # (step, on, B, g, gain at uniform's lr, gain with the lr re-tuned); older runs lack the last.
+    rows = [r for r in history if r[2] is not None and r[4] is not None]
     if not rows:
         return None
-    steps, b_noise, gain = (np.array(col, dtype=float) for col in zip(*rows, strict=True))
+    steps = np.array([r[0] for r in rows], dtype=float)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    top.plot(steps, b_noise)
+    top.plot(steps, [r[2] for r in rows])
     top.set(ylabel="noise scale B (sequences)", title=title)
-    bottom.plot(steps, gain)
+    if all(len(r) > 5 for r in rows):
+        bottom.plot(steps, [r[4] for r in rows], label="at uniform's learning rate")
+        bottom.plot(steps, [r[5] for r in rows], ls="--", label="learning rate re-tuned")
+        bottom.legend()
+    else:
+        bottom.plot(steps, [r[4] for r in rows], ls="--", label="learning rate re-tuned")
     bottom.axhline(1.0, color="black", lw=0.8)
     bottom.set(xlabel="step", ylabel="predicted step gain")
     for ax in (top, bottom):

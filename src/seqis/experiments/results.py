@@ -137,7 +137,7 @@ def summarize(link_prefix: str = "") -> str:
                 f"{_med(r['is_active_share'] for r in runs):.0%}",
                 f"{_med(r['mining_share'] for r in runs):.1%}",
                 _predicted(runs),
-                f"{_race_seconds(name) / 60:.1f} min",
+                f"{_race_seconds(name) / 60:.1f} min" if _race_seconds(name) else "–",
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -148,9 +148,12 @@ def _med(values) -> float:
 
 
 def _predicted(runs: list[dict]) -> str:
-    values = [r.get("predicted_step_gain") for r in runs]
-    values = [v for v in values if v is not None]
-    return f"{statistics.median(values):.2f}" if values else "–"
+    """At uniform's learning rate, and (in brackets) with the learning rate re-tuned."""
+    pairs = [(r.get("predicted_step_gain"), r.get("predicted_step_gain_lr_retuned")) for r in runs]
+    pairs = [p for p in pairs if p[0] is not None]
+    if not pairs:
+        return "–"
+    return f"{_med(p[0] for p in pairs):.2f} ({_med(p[1] for p in pairs):.2f})"
 
 
 def _cell(result: dict, metric: str, fraction: float, sampler: str) -> str:
@@ -173,7 +176,8 @@ NOTE = (
     "running best at 60/90/100% of its steps (median over seeds); @100% is uniform's best, which "
     "about half of uniform's own seeds miss. * = at least one run never reached the target; its "
     "whole run was taken as its time, so the ratio is a bound. The predicted step gain is "
-    "(1 + B/b)/(1 + B/(b g)) from the output layer's noise scale and the delivered variance cut "
+    "2 − 1/G at the learning rate tuned for uniform, in brackets G = (1 + B/b)/(1 + B/(b g)) with "
+    "the learning rate re-tuned, from the output layer's noise scale and the delivered variance cut "
     "(see docs/method.md); compare it with the bracketed step ratios. Full tables, ranges and plots are "
     "in each race's report. Regenerate with `make results` (race by race: "
     "`python -m seqis.experiments.results --only NAME`; tables only: `--summarize`)."

@@ -19,7 +19,8 @@ Three mechanisms, each chosen so the mining cost survives a wall-clock compariso
 
   That cut becomes fewer steps only where gradient noise limits progress: with the output
   layer's noise scale B (see :mod:`seqis.importance.noise`) it predicts at most
-  (1 + B/b) / (1 + B/(b g)) fewer steps. Importance sampling is switched on only when that
+  G = (1 + B/b) / (1 + B/(b g)) fewer steps with the learning rate re-tuned, and 2 - 1/G at
+  the learning rate the run keeps. Importance sampling is switched on only when that
   predicted step gain beats mining's predicted cost (refresh: ``refresh_fraction`` forward
   passes at ``forward_cost`` of a step each, plus ``harvest_cost``); until B is known, when
   ``gain >= min_gain``. Otherwise the run stays uniform and pays only the harvest (a few
@@ -176,7 +177,7 @@ class Miner:
         # The noise scale needs importance weights 1/(N p); pruning's 1/(1 - r) are not those.
         importance = getattr(sampler, "importance_weights", False)
         self.noise = NoiseScale(sampler.batch_size) if importance else None
-        # (step, IS on, B, g, predicted step gain) after each decision
+        # (step, IS on, B, g, predicted step gain, the same with the lr re-tuned) after each decision
         self.noise_history: list[tuple] = []
         self._predicted_gain = 1.0  # the switch's latest fresh-factor gain, while IS is off
         self.lr_multiplier = 1.0  # --lr-scale: the learning rate's factor, updated at decisions
@@ -272,10 +273,14 @@ class Miner:
         return refresh + self.config.harvest_cost
 
     def _pays(self, gain: float) -> bool:
-        """Switch on when the predicted step gain beats mining's cost; by ``min_gain`` until B is known."""
-        step_gain = (
-            predicted_step_gain(self.noise.noise_scale, gain, self.sampler.batch_size) if self.noise else None
-        )
+        """Switch on when the predicted step gain beats mining's cost; by ``min_gain`` until B is known.
+
+        The gain is predicted at the learning rate the run keeps (uniform's), or re-tuned for
+        the variance cut when ``lr_scale`` raises it.
+        """
+        retuned = self.config.lr_scale != "none"
+        noise_scale = self.noise.noise_scale if self.noise else None
+        step_gain = predicted_step_gain(noise_scale, gain, self.sampler.batch_size, retuned)
         if step_gain is None:
             return gain >= self.config.min_gain
         return step_gain >= 1.0 + self.predicted_cost
@@ -290,12 +295,13 @@ class Miner:
         self.lr_multiplier = 0.7 * self.lr_multiplier + 0.3 * target
 
     def noise_figures(self) -> dict:
-        """B, g and the predicted step gain now (None until the estimates exist)."""
+        """B, g and the predicted step gain now, at uniform's and at a re-tuned learning rate."""
         noise = self.noise
         return {
             "noise_scale": noise.noise_scale if noise else None,
             "variance_cut": noise.variance_cut if noise else None,
             "predicted_step_gain": noise.predicted_step_gain() if noise else None,
+            "predicted_step_gain_lr_retuned": noise.predicted_step_gain(lr_retuned=True) if noise else None,
         }
 
     def _harvest_sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

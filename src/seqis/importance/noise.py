@@ -2,11 +2,21 @@
 
 McCandlish et al. (2018, "An Empirical Model of Large-Batch Training"): with gradient G and
 per-sample covariance Sigma, the simple noise scale B = tr(Sigma) / |G|^2 says how much
-gradient noise limits progress; a step with batch b makes progress in proportion to
-1 / (1 + B/b). Importance sampling that cuts the per-sample variance by g acts like a batch
-g times larger, so it saves steps by at most
+gradient noise limits progress; a step with batch b, at the learning rate best for b, makes
+progress in proportion to 1 / (1 + B/b). Importance sampling that cuts the per-sample
+variance by g acts like a batch g times larger, so, with the learning rate re-tuned for that
+larger effective batch, it saves steps by at most
 
-    predicted step gain = (1 + B/b) / (1 + B/(b g)).
+    G_tuned = (1 + B/b) / (1 + B/(b g)).
+
+seqis keeps the learning rate the user tuned for uniform draws (unless ``--lr-scale``). In
+the same quadratic model a step at learning rate x * lr_max makes progress
+2x - x^2 (1 + B/b_eff); at uniform's best x = 1 / (1 + B/b) with b_eff = b g this is
+
+    G_fixed = 2 - 1 / G_tuned    (< 2 whatever g and B),
+
+the prediction seqis reports and switches on. At an unchanged learning rate a variance cut
+can never halve the steps; that takes a larger learning rate as well.
 
 Both quantities come from what a step already has, for the output layer only: the squared
 norm of the batch's output-layer gradient before clipping, |G_b|^2, and the harvested
@@ -100,13 +110,14 @@ class NoiseScale:
         drawn = self.drawn_sq - g2
         return max(self.uniform_sq - g2, 0.0) / drawn if drawn > 0 else None
 
-    def predicted_step_gain(self) -> float | None:
-        """(1 + B/b) / (1 + B/(b g)): fewer steps to the same loss, at most."""
+    def predicted_step_gain(self, lr_retuned: bool = False) -> float | None:
+        """Fewer steps to the same loss, at most: at uniform's learning rate, or re-tuned for g."""
         b_noise, cut = self.noise_scale, self.variance_cut
         if b_noise is None or cut is None or cut <= 0:
             return None
         b = self.batch_size
-        return (1.0 + b_noise / b) / (1.0 + b_noise / (b * cut))
+        tuned = (1.0 + b_noise / b) / (1.0 + b_noise / (b * cut))
+        return tuned if lr_retuned else fixed_lr_step_gain(tuned)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -116,8 +127,15 @@ class NoiseScale:
             setattr(self, key, value)
 
 
-def predicted_step_gain(noise_scale: float | None, gain: float, batch_size: int) -> float | None:
-    """(1 + B/b) / (1 + B/(b g)) for a second-moment gain ``gain``.
+def fixed_lr_step_gain(tuned_gain: float) -> float:
+    """The step gain at uniform's best learning rate, from the gain with a re-tuned one: 2 - 1/G."""
+    return 2.0 - 1.0 / tuned_gain
+
+
+def predicted_step_gain(
+    noise_scale: float | None, gain: float, batch_size: int, lr_retuned: bool = False
+) -> float | None:
+    """The step gain of a second-moment gain ``gain``: at uniform's learning rate, or re-tuned.
 
     The formula wants g as a cut of the covariance; with |G|^2 = E[s^2] / (1 + B), a cut of
     the second moment by ``gain`` is a covariance cut g = B gain / (1 + B - gain).
@@ -126,6 +144,8 @@ def predicted_step_gain(noise_scale: float | None, gain: float, batch_size: int)
         return None
     b = batch_size
     if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
-        return 1.0 + noise_scale / b
-    cut = noise_scale * gain / (1.0 + noise_scale - gain)
-    return (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
+        tuned = 1.0 + noise_scale / b
+    else:
+        cut = noise_scale * gain / (1.0 + noise_scale - gain)
+        tuned = (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
+    return tuned if lr_retuned else fixed_lr_step_gain(tuned)

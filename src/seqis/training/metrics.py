@@ -20,6 +20,7 @@ COLUMNS = [
     "noise_scale",
     "variance_cut",
     "predicted_step_gain",
+    "predicted_step_gain_lr_retuned",
 ]
 
 
