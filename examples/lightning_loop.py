@@ -92,6 +92,11 @@ def main(steps=300, devices=1, out="runs/lightning", resume=None, always_on=Fals
     if trainer.is_global_zero:
         print(f"validation loss after {trainer.global_step} steps: {val_loss:.4f}, "
               f"importance sampling {'on' if importance.loader.active else 'off'}")  # fmt: skip
+    if torch.distributed.is_initialized():
+        # Lightning leaves its process group open; at interpreter exit gloo's worker threads
+        # then sometimes abort the process ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return {"val_loss": val_loss, "trainer": trainer, "importance": importance}
 
 
