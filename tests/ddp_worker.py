@@ -6,6 +6,7 @@ timeout) and ``resume_choice`` (a rank whose own pick of the newest checkpoint w
 still resumes from rank 0's).
 """
 
+import gc
 import json
 import os
 import sys
@@ -19,6 +20,17 @@ from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.models.rnn import ModelConfig, RecurrentModel
 from seqis.sampling.sampler import ImportanceSampler
+
+
+def close_group() -> None:
+    """Tear the gloo group down only when every rank is done with it, and nothing holds it.
+
+    A rank whose peer had already closed its connections, or whose DDP reducer outlived the
+    group until interpreter exit, aborted ("terminate called without an active exception").
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def draws(out_path: str) -> None:
@@ -107,7 +119,7 @@ def resume_choice(out_path: str) -> None:
         trainer.load_latest = lambda out: (trainer.load_checkpoint(oldest), oldest)
     config.steps = 60
     trainer.train(config, resume=True)
-    dist.destroy_process_group()
+    close_group()
 
 
 def rank_aware(out_path: str) -> None:
@@ -144,7 +156,7 @@ def rank_aware(out_path: str) -> None:
                 },
                 f,
             )
-    dist.destroy_process_group()
+    close_group()
 
 
 def own_loop(out_path: str) -> None:
@@ -219,7 +231,8 @@ def own_loop(out_path: str) -> None:
         }
         with open(out_path, "w") as f:
             json.dump(result, f)
-    dist.destroy_process_group()
+    del net  # DDP's reducer must go before its process group
+    close_group()
 
 
 if __name__ == "__main__":
