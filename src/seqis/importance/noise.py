@@ -35,6 +35,7 @@ are ratios of averages, not averages of noisy ratios.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -115,9 +116,7 @@ class NoiseScale:
         b_noise, cut = self.noise_scale, self.variance_cut
         if b_noise is None or cut is None or cut <= 0:
             return None
-        b = self.batch_size
-        tuned = (1.0 + b_noise / b) / (1.0 + b_noise / (b * cut))
-        return tuned if lr_retuned else fixed_lr_step_gain(tuned)
+        return step_gain_of_cut(b_noise, cut, self.batch_size, lr_retuned)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +124,13 @@ class NoiseScale:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def step_gain_of_cut(noise_scale: float, cut: float, batch_size: int, lr_retuned: bool = False) -> float:
+    """G = (1 + B/b) / (1 + B/(b g)) for a covariance cut ``cut``, or 2 - 1/G at uniform's lr."""
+    b = batch_size
+    tuned = (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
+    return tuned if lr_retuned else fixed_lr_step_gain(tuned)
 
 
 def fixed_lr_step_gain(tuned_gain: float) -> float:
@@ -142,10 +148,8 @@ def predicted_step_gain(
     """
     if noise_scale is None:
         return None
-    b = batch_size
     if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
-        tuned = 1.0 + noise_scale / b
+        cut = math.inf
     else:
         cut = noise_scale * gain / (1.0 + noise_scale - gain)
-        tuned = (1.0 + noise_scale / b) / (1.0 + noise_scale / (b * cut))
-    return tuned if lr_retuned else fixed_lr_step_gain(tuned)
+    return step_gain_of_cut(noise_scale, cut, batch_size, lr_retuned)
