@@ -140,16 +140,14 @@ def check_own_loop(device: torch.device) -> dict:
     n, steps, features, classes = 2048, 200, 8, 5
     x = torch.randn(n, 12, features)
     y = (x[:, :, 0].sum(1) > 0).long() + 2 * (x[:, -1, 1] > 1).long()
-    model = nn.Sequential()
     rnn, head = nn.GRU(features, 32, batch_first=True).to(device), nn.Linear(32, classes).to(device)
+    model = nn.ModuleDict({"rnn": rnn, "head": head})
 
     def per_sequence_loss(_model, batch):
         inputs, targets = (t.to(device) for t in batch)
         states, _ = rnn(inputs)
         return F.cross_entropy(head(states[:, -1]), targets, reduction="none", label_smoothing=0.1)
 
-    model.add_module("rnn", rnn)
-    model.add_module("head", head)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
     config = seqis.MiningConfig(always_on=True, warmup_steps=20)
@@ -162,8 +160,8 @@ def check_own_loop(device: torch.device) -> dict:
             loss.backward()
             optimizer.step()
             loader.step()
-            first = float(loss) if first is None else first
-            last, step = float(loss), step + 1
+            last, step = loss.item(), step + 1
+            first = last if first is None else first
             if step >= steps:
                 break
     factors = torch.as_tensor(loader.sampler.factors)
