@@ -30,7 +30,7 @@ demo: $(VENV)/.installed-base
 	@echo "outputs: $(OUT)/metrics.csv $(OUT)/summary.json $(OUT)/loss.png $(OUT)/checkpoints/"
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
 
 test: lint
 	$(PY) -m pytest
@@ -42,7 +42,7 @@ data:
 
 # Races run one at a time and skip those whose results are current; ONLY=NAME runs one.
 results: $(VENV)/.installed-base data
-	$(PY) -m seqis.experiments.results $(if $(ONLY),--only $(ONLY))
+	$(PY) scripts/results.py $(if $(ONLY),--only $(ONLY))
 
 bench: $(VENV)/.installed-base
 	$(PY) benchmarks/sampler_bench.py

@@ -74,7 +74,9 @@ def check_training(out: Path, device: str) -> list[dict]:
         config = TrainConfig(
             data="stdlib:lines",
             model=seqis.ModelConfig("lstm", 64, 1, pack=pack),
-            sampler=sampler,
+            mining=seqis.MiningConfig(
+                sampler=sampler, always_on=sampler != "uniform", warmup_steps=20, cost_aware=pack
+            ),
             steps=120,
             batch_size=32,
             eval_every=60,
@@ -85,9 +87,6 @@ def check_training(out: Path, device: str) -> list[dict]:
             tensorboard=False,
         )
         config.data_options.val_size = 512
-        config.mining.always_on = sampler != "uniform"
-        config.mining.warmup_steps = 20
-        config.mining.cost_aware = pack
         start = time.perf_counter()
         summary = train(config)
         losses = [summary["final_val_loss"], summary["final_train_eval_loss"]]
@@ -114,7 +113,7 @@ def check_resume(out: Path, device: str) -> dict:
         c = TrainConfig(
             data="digits",
             model=seqis.ModelConfig("gru", 64, 1),
-            sampler="fim",
+            mining=seqis.MiningConfig(sampler="fim"),
             steps=steps,
             batch_size=32,
             eval_every=40,

@@ -17,24 +17,23 @@ import numpy as np
 import torch
 
 from seqis.data.registry import DataOptions, load_data
-from seqis.importance.mining import MiningConfig
+from seqis.importance.config import MiningConfig
 from seqis.models.rnn import ModelConfig
 from seqis.training.trainer import TrainConfig, train
 
 MODES = {
-    "uniform": ("uniform", MiningConfig()),
-    "fim_switch": ("fim", MiningConfig()),
-    "fim_always_on": ("fim", MiningConfig(always_on=True, warmup_steps=1, check_every=10)),
-    "prune": ("prune", MiningConfig(warmup_steps=1, check_every=10)),
+    "uniform": MiningConfig(sampler="uniform"),
+    "fim_switch": MiningConfig(sampler="fim"),
+    "fim_always_on": MiningConfig(sampler="fim", always_on=True, warmup_steps=1, check_every=10),
+    "prune": MiningConfig(sampler="prune", warmup_steps=1, check_every=10),
 }
 
 
-def steps_per_s(data, spec, sampler, mining, args, seed) -> tuple[float, float]:
+def steps_per_s(data, spec, mining, args, seed) -> tuple[float, float]:
     model = ModelConfig(cell=args.model, hidden_size=args.hidden, num_layers=args.layers)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(
             data=spec,
-            sampler=sampler,
             steps=args.steps,
             eval_every=10**9,
             checkpoint_every=10**9,
@@ -68,8 +67,8 @@ def main() -> None:
         speed = {k: [] for k in MODES}
         share = {k: [] for k in MODES}
         for r in range(args.rounds):
-            for name, (sampler, mining) in MODES.items():
-                sps, ms = steps_per_s(data, spec, sampler, mining, args, seed=r)
+            for name, mining in MODES.items():
+                sps, ms = steps_per_s(data, spec, mining, args, seed=r)
                 speed[name].append(sps)
                 share[name].append(ms)
         uni = float(np.median(speed["uniform"]))

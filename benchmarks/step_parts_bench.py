@@ -16,8 +16,9 @@ import time
 import numpy as np
 import torch
 
+from seqis.importance.config import MiningConfig
 from seqis.importance.factors import fim_factors
-from seqis.importance.mining import Miner, MiningConfig
+from seqis.importance.mining import Miner
 from seqis.importance.noise import NoiseScale
 from seqis.sampling.sampler import ImportanceSampler
 
@@ -57,7 +58,7 @@ def main() -> None:
 
     parts = {
         "fim_factors": lambda: fim_factors(logits, hidden, targets, mask),
-        "record": lambda: sampler.record(index, factors, 0, gathered=True),
+        "record": lambda: sampler.record(index, factors, 0),
         "importance_draw": sampler.draw,
         "uniform_draw": uniform.draw,
         "noise_update": lambda: noise.observe_samples(factors.numpy(), weights.numpy()),

@@ -108,9 +108,9 @@ def resume_choice(out_path: str) -> None:
     from seqis.training.checkpoint import list_checkpoints
 
     config = trainer.TrainConfig(
-        data="digits:rows", sampler="fim", steps=40, batch_size=8, eval_every=20, checkpoint_every=20,
+        data="digits:rows", steps=40, batch_size=8, eval_every=20, checkpoint_every=20,
         keep_checkpoints=3, device="cpu", out=out_path, progress=False, tensorboard=False,
-    )  # fmt: skip
+    ).with_sampler("fim")  # fmt: skip
     config.model.hidden_size, config.model.num_layers = 8, 1
     dist.init_process_group("gloo")  # the caller's group: train() must leave it open
     trainer.train(config)
@@ -123,20 +123,24 @@ def resume_choice(out_path: str) -> None:
 
 
 def rank_aware(out_path: str) -> None:
-    """A user's own DDP loop: each rank iterates its slice and records only its own factors."""
+    """A user's own DDP loop: RankSlice gives each rank its slice; factors are gathered, then recorded."""
+    from seqis.sampling.loader import RankSlice
+
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    ctx = DistContext.current()
     n, b = 64, 4
-    mine = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=3)  # replicas from dist
-    whole = ImportanceSampler(range(n), batch_size=b * world, smoothing=0.2, seed=3, num_replicas=1, rank=0)
+    mine = ImportanceSampler(range(n), batch_size=b * world, smoothing=0.2, seed=3)  # single-replica
+    whole = ImportanceSampler(range(n), batch_size=b * world, smoothing=0.2, seed=3)
     factors = torch.linspace(0.1, 5.0, n)
     slices_ok, seen = True, []
-    for step, batch in zip(range(12), mine, strict=False):
+    for step, batch in zip(range(12), RankSlice(mine), strict=False):
         index = torch.tensor([i for i, _ in batch])
         global_index, _ = whole.draw()
         slices_ok &= torch.equal(index, global_index[rank * b : (rank + 1) * b])
         seen += index.tolist()
-        mine.record(index, factors[index], step)  # every rank records only its slice
+        gathered_index = ctx.gather(index)  # every rank records every rank's factors
+        mine.record(gathered_index, factors[gathered_index], step)
         whole.record(global_index, factors[global_index], step)
         if step == 5:
             mine.active = whole.active = True
@@ -149,7 +153,7 @@ def rank_aware(out_path: str) -> None:
             json.dump(
                 {
                     "world": world,
-                    "replicas": mine.num_replicas,
+                    "replicas": RankSlice(mine).num_replicas,
                     "slices_ok": bool(slices_ok),
                     "same_factors": bool(same_factors),
                     "uniform_disjoint": len(set(first_epoch)) == len(first_epoch),

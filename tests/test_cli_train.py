@@ -205,14 +205,14 @@ def test_sigterm_saves_and_exits(tmp_path):
     assert list_checkpoints(out) and _summary(out)["stopped_by"] == "signal"
     # the checkpoint came first and no closing validation ran after the signal
     state, _ = load_latest(out)
-    assert state["step"] > 0 and [r["step"] for r in state["metrics"]] == [0]
+    assert state["run"]["step"] > 0 and [r["step"] for r in state["metrics"]] == [0]
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "--steps", "0"], "positive integer"),
-        (["train", "--steps", "ten"], "positive integer"),
+        (["train", "--steps", "0"], "--steps must be >= 1, got 0"),
+        (["train", "--steps", "ten"], "invalid int value"),
         (["train", "--time-budget", "-5"], "positive"),
         (["train", "--lr", "nan", "--steps", "1"], "positive"),
         (["train", "--sampler", "magic", "--steps", "1"], "invalid choice"),
@@ -225,6 +225,11 @@ def test_sigterm_saves_and_exits(tmp_path):
         (["train", "--data", "digits", "--steps", "1", "--resume"], "no checkpoint"),
         (["train", "--smoothing", "0", "--steps", "1"], "(0, 1]"),
         (["train", "--min-gain-off", "2", "--steps", "1"], "must not exceed --min-gain"),
+        (["train", "--cost-aware", "--steps", "1"], "--cost-aware needs --pack"),
+        (["train", "--sampler", "prune", "--refresh-fraction", "0.2", "--steps", "1"], "keeps no factors"),
+        (["train", "--sampler", "fim", "--factor", "loss", "--steps", "1"], "importance --factor loss"),
+        (["train", "--sampler", "prune", "--time-budget", "5"], "share of the planned steps"),
+        (["train", "--batch-size", "0", "--steps", "1"], "--batch-size must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

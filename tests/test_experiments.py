@@ -1,10 +1,23 @@
+import ast
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from seqis.cli import main
-from seqis.experiments.compare import auto_targets, best_lrs, speedups, time_to_target, write_report
+from seqis.experiments.analysis import (
+    GAIN_FIELDS,
+    auto_targets,
+    best_lrs,
+    history_record,
+    predicted_while_on,
+    speedups,
+    time_to_target,
+)
+from seqis.experiments.report import write_report
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
 
 
@@ -152,23 +165,31 @@ def test_diagnose_end_to_end(tmp_path, capsys):
 
 
 def test_a_signal_stops_the_whole_race(tmp_path, monkeypatch, capsys):
-    from seqis.experiments import compare as compare_module
+    from seqis.experiments import race
 
     calls = []
 
     def interrupted_train(config, data=None):
-        calls.append(config.sampler)
+        calls.append(Path(config.out).name)  # the run's folder: sampler-lr-seed
         return {"stopped_by": "signal"}
 
-    monkeypatch.setattr(compare_module, "train", interrupted_train)
+    monkeypatch.setattr(race, "train", interrupted_train)
     args = ["compare", "--data", "digits:rows", "--samplers", "fim", "--seeds", "2", "--steps", "5"]
     assert main([*args, "--out", str(tmp_path / "race"), *TINY]) == 130
-    assert calls == ["uniform"] and "race stopped by a signal" in capsys.readouterr().out
+    assert len(calls) == 1 and calls[0].startswith("uniform-lr")
+    assert "race stopped by a signal" in capsys.readouterr().out
+
+
+def _results_script():
+    """``scripts/results.py``, loaded from its path: it lives outside the package."""
+    spec = importlib.util.spec_from_file_location("results_script", ROOT / "scripts" / "results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_results_driver_runs_skips_current_races_and_writes_tables(tmp_path, monkeypatch, capsys):
-    from seqis.experiments import results
-
+    results = _results_script()
     monkeypatch.setattr(results, "ROOT", tmp_path)
     tiny = (
         "--data digits:rows --samplers uniform,fim --seeds 1 --steps 20 --eval-every 10 --hidden 8 --layers 1"
@@ -181,10 +202,68 @@ def test_results_driver_runs_skips_current_races_and_writes_tables(tmp_path, mon
     assert meta["command"].endswith("--out docs/results/tiny") and meta["race_duration_s"] >= 0
     assert not list(race.glob("runs/*/checkpoints"))  # only what the report cites is kept
     assert results.is_current("tiny")
+    # the results page keeps its hand-written narrative; only the block between the markers changes
+    page = tmp_path / "docs" / "results" / "README.md"
+    assert "All races together took" in page.read_text()
+    page.write_text("# Results\n\nnarrative\n\n" + page.read_text().split("\n\n", 1)[1] + "more\n")
     results.main(["--only", "tiny"])
     assert "tiny: current, report rebuilt" in capsys.readouterr().err
     readme = (tmp_path / "README.md").read_text()
     assert "| [tiny](docs/results/tiny/report.md) | fim | 0.002 |" in readme and readme.endswith("rest\n")
-    assert "All races together took" in (tmp_path / "docs" / "results" / "README.md").read_text()
+    text = page.read_text()
+    assert text.startswith("# Results\n\nnarrative\n\n<!-- results:begin -->") and text.endswith("more\n")
+    assert "| [tiny](tiny/report.md) | fim | 0.002 |" in text and "All races together took" in text
     monkeypatch.setattr(results, "EXPERIMENTS", {"tiny": tiny.replace("--steps 20", "--steps 30")})
     assert not results.is_current("tiny")  # other arguments: the race must run again
+
+
+def test_committed_results_tables_are_what_the_script_writes():
+    """The README's and the results page's tables come from the committed summaries, untouched."""
+    results = _results_script()
+    for path, prefix in (
+        (ROOT / "README.md", "docs/results/"),
+        (ROOT / "docs" / "results" / "README.md", ""),
+    ):
+        block = path.read_text().split(results.BEGIN, 1)[1].split(results.END, 1)[0]
+        assert results.summarize(prefix) in block, path
+
+
+def test_history_rows_old_lists_and_new_records_read_alike():
+    # (step, on, B, g, at uniform's lr, re-tuned); the oldest summaries lack the fifth
+    old = [[50, False, 30.5, 1.0, 1.0], [100, True, 300.0, 2.0, 1.5], [150, True, 400.0, 2.0, 2.0]]
+    newer = [
+        [50, False, 30.5, 1.0, 1.0, 1.0],
+        [100, True, 300.0, 2.0, 1.33, 1.5],
+        [150, True, 4e2, 2.0, 1.5, 2.0],
+    ]
+    record = {
+        "step": 100,
+        "active": True,
+        "noise_scale": 300.0,
+        "variance_cut": 2.0,
+        "predicted_step_gain": 1.33,
+        "predicted_step_gain_lr_retuned": 1.5,
+    }
+    assert history_record(newer[1]) == record == history_record(record)
+    assert history_record(old[1]) == {**record, "predicted_step_gain": None}
+    records = [history_record(row) for row in newer]
+    expected = {"predicted_step_gain": 2 - 1 / 1.75, "predicted_step_gain_lr_retuned": 1.75}
+    for rows in (old, newer, records):
+        assert predicted_while_on({"noise_history": rows}) == expected  # medians over the active rows
+    assert predicted_while_on({}) == {"predicted_step_gain": None, "predicted_step_gain_lr_retuned": None}
+    gain = {"step": 50, "gain": 1.12, "active": False}
+    assert history_record([50, 1.12, False], GAIN_FIELDS) == gain == history_record(gain, GAIN_FIELDS)
+
+
+def test_experiment_layers_import_downward_only():
+    """analysis imports neither report nor race; report does not import race."""
+    forbidden = {"analysis": {"report", "race"}, "report": {"race"}}
+    for name, upper in forbidden.items():
+        tree = ast.parse((ROOT / "src" / "seqis" / "experiments" / f"{name}.py").read_text())
+        imported = {
+            n.module.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+        }
+        imported |= {
+            a.name.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+        assert not imported & upper, name

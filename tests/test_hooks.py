@@ -28,6 +28,26 @@ class TinyClassifier(nn.Module):
         return self.head(states[torch.arange(len(x)), lengths - 1])
 
 
+class StepDecoder(nn.Module):
+    """Calls its head once per ``chunk`` time steps, as a step-by-step decoder does."""
+
+    def __init__(self, vocab=30, hidden=12, chunk=1):
+        super().__init__()
+        self.embed, self.cell = nn.Embedding(vocab, 8), nn.GRUCell(8, hidden)
+        self.head, self.chunk = nn.Linear(hidden, vocab), chunk
+
+    def forward(self, x):
+        h = torch.zeros(len(x), self.cell.hidden_size, dtype=self.head.weight.dtype)
+        states = []
+        for t in range(x.shape[1]):
+            h = self.cell(self.embed(x[:, t]), h)
+            states.append(h)
+        if self.chunk == 1:  # (B, H) per call
+            return torch.stack([self.head(h) for h in states], 1)
+        chunks = [torch.stack(states[t : t + self.chunk], 1) for t in range(0, len(states), self.chunk)]
+        return torch.cat([self.head(c) for c in chunks], 1)  # (B, chunk, H) per call, the last shorter
+
+
 def _lm_batch(b=6, t=9, vocab=30):
     torch.manual_seed(1)
     lengths = torch.tensor([9, 3, 7, 1, 5, 9])[:b]
@@ -87,6 +107,46 @@ def test_classification_with_class_weights_and_sum_reduction():
     own = F.cross_entropy(model(x, lengths), y, weight=class_weights, reduction="none")
     assert torch.allclose(factors, _reference(own, model.head), rtol=1e-8)
     assert not model.head._forward_hooks and not model.head._backward_hooks
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("hidden", [12, 64])
+def test_a_head_called_once_per_step_gives_per_sequence_norms(chunk, hidden):
+    torch.manual_seed(0)
+    model = StepDecoder(hidden=hidden, chunk=chunk).double()
+    x, y, mask = _lm_batch()
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0, 3.0], dtype=torch.float64)
+    with OutputLayerNorms(model.head) as norms:
+        lm_sequence_mean_smoothed(model(x.flip(1)), y, mask).mean().backward()  # a previous step
+        model.zero_grad()
+        own = lm_sequence_mean_smoothed(model(x), y, mask)  # its forward starts a new record
+        (weights * own).mean().backward()
+        factors = norms.compute(weights)
+    assert torch.allclose(factors, _reference(lm_sequence_mean_smoothed(model(x), y, mask), model.head))
+
+
+def test_calls_that_do_not_pair_up_are_refused():
+    torch.manual_seed(0)
+    model = StepDecoder().double()
+    x, y, mask = _lm_batch()
+    norms = OutputLayerNorms(model.head)
+    lm_sequence_mean_smoothed(model(x), y, mask).mean().backward()
+    model(x)  # a second grad-enabled forward before compute(): the record is no longer this step's
+    with pytest.raises(RuntimeError, match="9 grad-enabled forward call.* but 0 backward"):
+        norms.compute()
+    norms.reset()
+    h = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)
+    model.head(h)  # an output that never reaches the loss: no backward call for it
+    model.head(h).sum().backward()
+    with pytest.raises(RuntimeError, match="2 grad-enabled forward call.* but 1 backward"):
+        norms.compute()
+    norms.reset()
+    (model.head(h).sum() + model.head(h[:4]).sum()).backward()
+    with pytest.raises(RuntimeError, match="different batch sizes"):
+        norms.compute()
+    norms.reset()
+    with pytest.raises(RuntimeError, match="no forward and backward pass"):
+        norms.compute()
 
 
 def test_misuse_is_explained():

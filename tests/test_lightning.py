@@ -89,3 +89,67 @@ def test_loader_from_the_modules_own_train_dataloader_hook(example, tmp_path):
     trainer.fit(WithLoader(data.input_size, data.num_outputs))
     assert importance.loader.steps == 60 and importance.loader.active
     assert importance.loader.sampler.batch_size == 16
+
+
+class _Draws(pl.Callback):
+    """What each training step got: a fingerprint of every sequence in its batch."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, lengths, _ = batch
+        self.batches.append([round(float(v), 4) for v in x.sum(dim=(1, 2))])
+
+
+def _fit(example, tmp_path, steps, module=None, resume=None, **trainer_args):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+    loader = torch.utils.data.DataLoader(
+        example["Recordings"](data, data.train_idx.tolist()), batch_size=16, collate_fn=example["pad_collate"]
+    )
+    pl.seed_everything(0, verbose=False)
+    module = module or example["VowelClassifier"](data.input_size, data.num_outputs)
+    importance, draws = ImportanceSampling("head", seqis.MiningConfig(warmup_steps=1000)), _Draws()
+    every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=15, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        callbacks=[importance, draws, every],  # draws after the callback has begun the batch
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **trainer_args,
+    )
+    trainer.fit(module, train_dataloaders=None if trainer_args else loader, ckpt_path=resume)
+    return importance, draws.batches
+
+
+def test_mid_epoch_resume_while_importance_sampling_is_off_draws_the_same_batches(example, tmp_path):
+    # warm-up (IS off) all along; 15 steps is mid-epoch (17 batches an epoch): Lightning calls
+    # set_epoch() on the loader's sampler after restoring it, which used to reset its cursor
+    _, straight = _fit(example, tmp_path / "straight", 30)
+    (checkpoint,) = (tmp_path / "straight").glob("*step=15.ckpt")
+    importance, resumed = _fit(example, tmp_path / "resumed", 30, resume=str(checkpoint))
+    assert not importance.loader.active and importance.loader.steps == 30
+    assert resumed == straight[15:]
+
+
+def test_reloaded_dataloaders_keep_the_miner_and_the_hooks(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+
+    class Reloading(example["VowelClassifier"]):
+        def train_dataloader(self):
+            dataset = example["Recordings"](data, data.train_idx.tolist())
+            return torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=example["pad_collate"])
+
+    module = Reloading(data.input_size, data.num_outputs)
+    importance, _ = _fit(example, tmp_path, 24, module=module, reload_dataloaders_every_n_epochs=1)
+    loader = importance.loader
+    assert loader.steps == 24  # one loader across epochs: the miner counted every step
+    assert len(module.head._forward_hooks) == 0  # taken off at the end, and never piled up
+    assert module.head is loader.output_layer and len(loader.norms._handles) == 0

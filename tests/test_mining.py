@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from seqis.data.registry import load_data
-from seqis.importance.mining import Miner, MiningConfig, delivered_gain, estimated_gain, weighted_ceiling
+from seqis.importance.config import MiningConfig
+from seqis.importance.mining import Miner
+from seqis.importance.switch import delivered_gain, estimated_gain, weighted_ceiling
 from seqis.sampling.sampler import ImportanceSampler
 
 
@@ -38,7 +40,8 @@ def test_on_state_reads_the_fresh_harvest_not_the_store(miner):
     stored = miner.sampler.factors.copy()
     assert estimated_gain(stored, 0.2) > 1.2  # the store reads the fall of the loss as spread
     _train(miner, 1, fresh, start=49)  # the first decision
-    step, gain, active = miner.gain_history[-1]
+    decision = miner.switch.history[-1]
+    step, gain, active = decision.step, decision.gain, decision.active
     assert step == 50 and gain < 1.05 and not active
     assert miner.summary()["factor_ceiling"] is None  # no fresh sample right after a switch
     _train(miner, 8, fresh, start=50)
@@ -53,10 +56,11 @@ def test_switch_clears_the_harvest_sample_and_skips_o_n_work_while_off(miner, mo
     heavy = torch.linspace(0.01, 10.0, 2000) ** 3  # a heavy tail: IS pays
 
     _train(miner, 50, lambda index, step: heavy[index])
-    assert miner.sampler.active and miner.gain_history[-1][1] > 1.2
-    assert miner._harvest_sample()[1].size == 0  # the uniform sample is gone after the switch
+    assert miner.sampler.active and miner.switch.history[-1].gain > 1.2
+    assert len(miner._harvest_sample()) == 0  # the uniform sample is gone after the switch
     _train(miner, 10, lambda index, step: heavy[index], start=50)
-    steps, _, w = miner._harvest_sample()
+    sample = miner._harvest_sample()
+    steps, w = sample.steps, sample.weights
     assert steps.min() >= 50 and (w != 1).any()  # only importance-drawn harvests, with weights
 
     off = ImportanceSampler(miner.sampler.indices, batch_size=64, smoothing=0.2, seed=0)
@@ -64,7 +68,7 @@ def test_switch_clears_the_harvest_sample_and_skips_o_n_work_while_off(miner, mo
     calls.clear()
     flat = Miner(off, MiningConfig(factor="loss", refresh_fraction=0.0))
     _train(flat, 400, lambda index, step: torch.ones(len(index)))
-    assert not off.active and len(flat.gain_history) == 8 and calls == []  # no O(N) rebuilds
+    assert not off.active and len(flat.switch.history) == 8 and calls == []  # no O(N) rebuilds
 
 
 def test_delivered_gain_and_weighted_ceiling_are_unbiased():
@@ -89,8 +93,8 @@ def test_delivered_gain_and_weighted_ceiling_are_unbiased():
     ],
 )
 def test_switch_weighs_predicted_step_gain_against_mining_cost(noise_scale, sigma, expect_on):
-    from seqis.importance.mining import estimated_gain
     from seqis.importance.noise import predicted_step_gain
+    from seqis.importance.switch import estimated_gain
 
     n, b = 2000, 64
     rng = np.random.default_rng(0)
@@ -108,7 +112,7 @@ def test_switch_weighs_predicted_step_gain_against_mining_cost(noise_scale, sigm
         miner.after_step(step)
     assert miner.noise.noise_scale == pytest.approx(noise_scale, rel=0.6, abs=0.05)  # a noisy estimate
     predicted = predicted_step_gain(miner.noise.noise_scale, gain, b)
-    assert (predicted >= 1 + miner.predicted_cost) == expect_on
+    assert (predicted >= 1 + miner.switch.cost) == expect_on
     assert sampler.active == expect_on
 
 

@@ -58,9 +58,10 @@ def test_predicted_cut_while_off_and_state_round_trip():
     assert est.noise_scale is None and est.predicted_step_gain() is None
     est.observe_batch(2.0)
     est.observe_samples(np.array([3.0, 4.0]), np.ones(2), predicted_cut=2.0)
-    # m_u = 12.5, m_p = 6.25, |G|^2 = (8 * 2 - 6.25) / 7
-    g2 = (16 - 6.25) / 7
-    assert est.noise_scale == pytest.approx((12.5 - g2) / g2)
+    # uniform draws: m_p = m_u = 12.5 in |G|^2 = (8 * 2 - 12.5) / 7; the predicted cut enters g
+    # alone, as m_u / 2 = 6.25 (feeding it into |G|^2 too biased B low)
+    g2 = (16 - 12.5) / 7
+    assert est.noise_scale == pytest.approx((12.5 - g2) / g2) == pytest.approx(24.0)
     assert est.variance_cut == pytest.approx((12.5 - g2) / (6.25 - g2))
     copy = NoiseScale(batch_size=8)
     copy.load_state_dict(est.state_dict())

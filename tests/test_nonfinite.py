@@ -35,7 +35,6 @@ def poisoned(monkeypatch):
 def _config(tmp_path, **kw):
     return TrainConfig(
         data="digits:rows",
-        sampler="fim",
         steps=12,
         eval_every=4,
         out=str(tmp_path),
@@ -43,14 +42,14 @@ def _config(tmp_path, **kw):
         tensorboard=False,
         model=ModelConfig(hidden_size=8, num_layers=1, embed_size=8),
         **kw,
-    )
+    ).with_sampler("fim")
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path, poisoned):
     with pytest.raises(SeqisError, match="non-finite training loss at step 4"):
         train(_config(tmp_path))
     state, path = load_latest(tmp_path)
-    assert state["step"] == 4
+    assert state["run"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (tmp_path / "summary.json").exists()  # nothing that looks like a result
 

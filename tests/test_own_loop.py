@@ -163,3 +163,79 @@ def test_own_loop_example_matches_seqis_train(tmp_path, monkeypatch):
 def test_own_loop_example_with_label_smoothing_runs():
     own = runpy.run_path(str(EXAMPLES / "own_loop.py"))["main"](100, label_smoothing=0.1)
     assert own["val_loss"] < 0.5 * own["chance_loss"]
+
+
+def _one_step(reduction: str, clip: float | None):
+    """One ImportanceLoader step on fixed data and parameters; the miner's reading of |G_b|^2."""
+    torch.manual_seed(0)
+    model = LastStep()
+    loader = seqis.ImportanceLoader(
+        DataLoader(variable_length_items(), batch_size=16, collate_fn=pad_collate), model.head
+    )
+    batch = next(iter(loader))
+    loader.weigh(per_sequence_loss(model, batch), reduction=reduction).backward()
+    unclipped = float(sum(p.grad.pow(2).sum() for p in model.head.parameters()))
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    loader.step()
+    return loader.miner.noise.batch_sq, unclipped
+
+
+def test_noise_scale_reads_the_gradient_before_the_users_clipping():
+    read, unclipped = _one_step("mean", clip=1e-4)
+    assert read == pytest.approx(unclipped, rel=1e-6)
+
+
+def test_a_summed_loss_reads_as_the_mean_for_the_noise_scale():
+    mean, _ = _one_step("mean", clip=None)
+    summed, summed_raw = _one_step("sum", clip=None)
+    assert summed_raw == pytest.approx(256 * mean, rel=1e-5)  # .grad of a sum is b^2 larger
+    assert summed == pytest.approx(mean, rel=1e-5)
+
+
+def test_loader_refuses_what_it_cannot_honour():
+    items = variable_length_items()
+    model = LastStep()
+    loader = DataLoader(items, batch_size=8, collate_fn=pad_collate)
+    with pytest.raises(seqis.errors.ConfigError, match="lr_scale"):
+        seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(lr_scale="sqrt"))
+    with pytest.raises(seqis.errors.ConfigError, match="anneal"):
+        seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(anneal=0.2))
+    with pytest.raises(seqis.errors.ConfigError, match="cost-aware needs the sequences' lengths"):
+        seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(cost_aware=True))
+    with pytest.raises(seqis.errors.ConfigError, match="the loss factor needs seqis train"):
+        seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(sampler="loss"))
+    annealed = seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(anneal=0.2), total_steps=50)
+    assert annealed.miner.uniform_from == 40
+    lengths = torch.tensor([len(x) for x, _ in items])
+    costly = seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(cost_aware=True), lengths=lengths)
+    assert costly.sampler._cost_scale is not None
+
+
+def test_loader_runs_every_scheme():
+    items = variable_length_items()
+    for name in ("uniform", "importance", "prune", "presample"):
+        torch.manual_seed(0)
+        model = LastStep()
+        config = seqis.MiningConfig(sampler=name, warmup_steps=2, check_every=2, always_on=name != "uniform")
+        if name == "presample":
+            config = seqis.MiningConfig(
+                sampler="presample", factor="fim", always_on=True, warmup_steps=2, check_every=2
+            )
+        loader = seqis.ImportanceLoader(
+            DataLoader(items, batch_size=8, collate_fn=pad_collate),
+            model.head,
+            config,
+            loss_fn=per_sequence_loss,
+            model=model,
+            total_steps=12,
+        )
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        batches = (batch for _ in range(2) for batch in loader)  # two epochs of 8 batches
+        for _, batch in zip(range(12), batches, strict=False):
+            optimizer.zero_grad()
+            loader.weigh(per_sequence_loss(model, batch)).backward()
+            optimizer.step()
+            loader.step()
+        assert loader.steps == 12
+        assert loader.active == (name != "uniform"), name

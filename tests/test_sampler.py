@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import numpy as np
@@ -8,9 +9,10 @@ from hypothesis import strategies as st
 
 from seqis.data.registry import DataOptions, load_data
 from seqis.importance.factors import exact_factors
-from seqis.importance.mining import ceiling, estimated_gain
+from seqis.importance.switch import ceiling, estimated_gain
 from seqis.models.rnn import ModelConfig, RecurrentModel
-from seqis.sampling.sampler import ImportanceSampler, PruningSampler, UniformBatchSampler
+from seqis.sampling.loader import RankSlice
+from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, PruningSampler, UniformBatchSampler
 from seqis.sampling.sumtree import SumTree
 
 
@@ -171,18 +173,14 @@ def test_weighted_gradient_is_unbiased_and_less_noisy():
     assert var_is < var_uni
 
 
-def test_uniform_shards_match_distributed_sampler_semantics():
-    from seqis.distributed import DistContext
-
+def test_rank_slices_of_uniform_draws_match_distributed_sampler_semantics():
     world, b = 2, 5
-    sampler = UniformBatchSampler(torch.arange(40), batch_size=b * world, seed=4)
-    per_rank = {r: [] for r in range(world)}
-    for _ in range(4):  # one epoch of 40 sequences
-        batch, _ = sampler.draw()
-        for r in range(world):
-            per_rank[r] += DistContext(rank=r, world=world).shard(batch).tolist()
+    per_rank = {}
+    for r in range(world):  # every rank holds an identical single-replica sampler
+        sampler = UniformBatchSampler(torch.arange(40), batch_size=b * world, seed=4)
+        per_rank[r] = [i for batch in RankSlice(sampler, num_replicas=world, rank=r) for i, _ in batch]
     assert not set(per_rank[0]) & set(per_rank[1])  # no sequence trained twice in the epoch
-    assert sorted(per_rank[0] + per_rank[1]) == list(range(40))
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(40))  # one epoch covers every index once
 
 
 def test_pruning_keeps_epoch_sum_unbiased_without_repeats():
@@ -206,22 +204,95 @@ def test_pruning_keeps_epoch_sum_unbiased_without_repeats():
     assert np.mean(lengths) == pytest.approx(n - ratio * int((values < values.mean()).sum()), rel=0.02)
 
 
-def test_pruning_anneals_to_full_epochs_and_resumes_exactly():
-    n = 100
-    sampler = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, total_steps=40, anneal=0.25)
+def _pruning(n, **kwargs):
+    sampler = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, **kwargs)
     sampler.record(torch.arange(n), torch.arange(n).float())
     sampler.active = True
-    draws = [sampler.draw() for _ in range(12)]
+    return sampler
+
+
+@pytest.mark.parametrize("stop", [12, 29, 30])  # mid-run, the draw before the annealing starts, its start
+def test_pruning_anneals_to_full_epochs_and_resumes_exactly(stop):
+    n = 100
+    sampler = _pruning(n, total_steps=40, anneal=0.25)
+    draws = [sampler.draw() for _ in range(stop)]
     assert any((w > 1).any() for _, w in draws)  # pruned epochs weight the kept low factors
     copy = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, total_steps=40, anneal=0.25)
     copy.load_state_dict(sampler.state_dict())
-    for _ in range(40):
-        a, b = sampler.draw(), copy.draw()
+    legacy = PruningSampler(range(n), batch_size=10, ratio=0.5, seed=0, total_steps=40, anneal=0.25)
+    legacy.load_state_dict({k: v for k, v in sampler.state_dict().items() if k != "pruned"})  # older format
+    for _ in range(45 - stop):
+        a, b, c = sampler.draw(), copy.draw(), legacy.draw()
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
     assert sampler.annealing
     sampler.set_epoch(sampler.epoch + 1)  # an epoch that starts in the final share is full
     idx, w = sampler.draw()
     assert len(sampler._order) == n and (w == 1).all()
+
+
+def test_annealing_starts_a_full_epoch_at_once_on_long_epochs():
+    n = 2000  # a pruned epoch is ~150 batches: far longer than the 40 planned steps
+    sampler = _pruning(n, total_steps=40, anneal=0.25)
+    sampler.set_epoch(1)
+    below = torch.arange(n) < n / 2  # factors 0..n-1: the lower half is below the mean
+    for _ in range(30):
+        idx, w = sampler.draw()
+        assert len(sampler._order) < n and torch.equal(w, torch.where(below[idx], 2.0, 1.0))
+    tail = [sampler.draw() for _ in range(10)]  # the last anneal share: 10 of 40 draws
+    assert all((w == 1).all() for _, w in tail)
+    drawn = torch.cat([idx for idx, _ in tail])
+    assert len(sampler._order) == n and torch.equal(drawn, sampler._order[:100])  # one full permutation
+    assert sampler.epoch == 2
+
+
+def test_a_batch_across_epochs_keeps_each_epochs_weights():
+    n, b, ratio = 53, 8, 0.5  # pruned epochs of ~40: most epoch ends fall inside a batch
+    sampler = PruningSampler(range(n), batch_size=b, ratio=ratio, seed=1)
+    g = torch.Generator().manual_seed(0)
+    sampler.record(torch.arange(n), torch.rand(n, generator=g))
+    sampler.active = True
+    sampler.set_epoch(1)
+    epoch_factors = sampler.factors.copy()  # what the current epoch was pruned by
+    split = 0
+    for _ in range(400):
+        epoch, factors, left = sampler.epoch, sampler.factors.copy(), len(sampler._order) - sampler._cursor
+        idx, w = sampler.draw()
+        if sampler.epoch != epoch:  # the new epoch was pruned by the factors recorded so far
+            split += 0 < left < b
+            sources = [epoch_factors] * left + [factors] * (b - left)
+            epoch_factors = factors
+        else:
+            sources = [epoch_factors] * b
+        pairs = zip(idx.tolist(), sources, strict=True)
+        assert w.tolist() == pytest.approx([1 / (1 - ratio) if f[i] < f.mean() else 1.0 for i, f in pairs])
+        sampler.record(idx, torch.rand(b, generator=g))  # new factors: the next epoch prunes others
+    assert split > 20
+
+
+def _resumable(kind):
+    if kind == "uniform":
+        sampler = UniformBatchSampler(range(50), 4, seed=3)
+    else:
+        sampler = (PruningSampler if kind == "prune" else ImportanceSampler)(range(50), 4, seed=3)
+        sampler.record(torch.arange(50), torch.linspace(0.1, 5.0, 50))
+        sampler.active = kind != "importance-inactive"
+    sampler.set_epoch(1)  # a pruned epoch for the pruning sampler
+    return sampler
+
+
+@pytest.mark.parametrize("kind", ["uniform", "importance-inactive", "importance", "prune"])
+def test_set_epoch_of_the_current_epoch_keeps_a_restored_cursor(kind):
+    original = _resumable(kind)
+    for _ in range(3):
+        original.draw()
+    restored = _resumable(kind)
+    restored.load_state_dict(original.state_dict())
+    restored.set_epoch(original.epoch)  # what Lightning does after restoring a checkpoint
+    for _ in range(20):  # across the next epoch's start, which set_epoch(epoch + 1) still makes
+        a, b = original.draw(), restored.draw()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert (original.epoch > 1) == (kind != "importance")  # active importance draws have no epochs
 
 
 def test_zero_smoothing_is_refused():
@@ -230,14 +301,37 @@ def test_zero_smoothing_is_refused():
         ImportanceSampler(range(10), batch_size=2, smoothing=0.0)
 
 
-def test_explicit_replicas_slice_the_global_draw():
-    whole = UniformBatchSampler(range(20), batch_size=6, seed=2)
-    second = UniformBatchSampler(range(20), batch_size=3, seed=2, num_replicas=2, rank=1)
-    assert second.batch_size == 6 and len(second) == len(whole) == 3
-    for batch, (idx, _) in zip(second, (whole.draw() for _ in range(3)), strict=True):
-        assert [i for i, _ in batch] == idx[3:6].tolist()
+def test_rank_slices_are_disjoint_and_cover_each_global_batch():
+    def importance(seed=2):
+        sampler = ImportanceSampler(range(20), batch_size=6, smoothing=0.3, seed=seed)
+        sampler.record(torch.arange(20), torch.linspace(0.1, 2.0, 20))
+        sampler.active = True
+        return sampler
+
+    whole = importance()
+    slices = [RankSlice(importance(), num_replicas=3, rank=r) for r in range(3)]
+    assert len(slices[0]) == len(whole) == 3 and slices[0].batch_size == 2
+    for parts, pairs in zip(zip(*slices, strict=True), whole, strict=True):
+        assert [p for part in parts for p in part] == pairs  # rank order, contiguous, weights included
+        assert all(len(part) == 2 for part in parts)
     with pytest.raises(ValueError, match="rank must be in"):
-        UniformBatchSampler(range(20), batch_size=3, num_replicas=2, rank=2)
+        RankSlice(importance(), num_replicas=3, rank=3)
+    with pytest.raises(ValueError, match="does not split evenly over 4 replicas"):
+        RankSlice(importance(), num_replicas=4, rank=0)
+    assert RankSlice(importance()).num_replicas == 1  # no process group: one replica
+    slices[0].set_epoch(5)  # Lightning calls it on the loader's batch sampler
+    assert slices[0].batch_sampler.epoch == 5
+
+
+@pytest.mark.parametrize("kind", [UniformBatchSampler, ImportanceSampler, PresamplingSampler, PruningSampler])
+def test_samplers_are_single_replica(kind):
+    sampler = kind(range(12), 4, seed=0)
+    if hasattr(sampler, "record"):  # it stores what it is given: the caller gathers the ranks' factors
+        assert list(inspect.signature(sampler.record).parameters) == ["dataset_indices", "factors", "step"]
+    assert not {"num_replicas", "rank"} & set(inspect.signature(kind).parameters)
+    assert [len(batch) for batch in sampler] == [4, 4, 4]  # whole global batches
+    with pytest.raises(TypeError):
+        kind(range(12), 4, num_replicas=2, rank=0)
 
 
 def test_pruning_drops_bad_factors_like_the_importance_sampler():

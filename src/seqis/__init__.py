@@ -8,8 +8,10 @@ The public API is importable from here; each name loads its module on first use,
 - ``seqis.importance``: importance factors (FIM, hooks on your output layer), the miner
   (harvest, refresh, switch) and the noise-scale estimate.
 - ``seqis.sampling``: the batch samplers (uniform, importance, pruning) and DataLoader glue.
-- ``seqis.training``: a readable training loop, checkpoints, metrics.
-- ``seqis.experiments``: ``compare``, ``diagnose`` and the results reports.
+- ``seqis.training``: the wiring of sampler and miner, a readable training loop,
+  ``ImportanceLoader`` for your own loop, checkpoints, metrics.
+- ``seqis.experiments``: races (``compare``), their analysis and reports, ``diagnose``.
+- ``seqis.lightning``: the Lightning callback; ``seqis.cli``: the command line.
 
 Example:
     >>> import seqis
@@ -32,17 +34,20 @@ _PUBLIC = {
     "fim_factors": "seqis.importance.factors",
     "OutputLayerNorms": "seqis.importance.hooks",
     "Miner": "seqis.importance.mining",
-    "MiningConfig": "seqis.importance.mining",
-    "estimated_gain": "seqis.importance.mining",
+    "MiningConfig": "seqis.importance.config",
+    "Switch": "seqis.importance.switch",
+    "estimated_gain": "seqis.importance.switch",
     "NoiseScale": "seqis.importance.noise",
     "UniformBatchSampler": "seqis.sampling.sampler",
     "ImportanceSampler": "seqis.sampling.sampler",
     "PruningSampler": "seqis.sampling.sampler",
     "WeightedDataset": "seqis.sampling.loader",
     "weighted_collate": "seqis.sampling.loader",
+    "RankSlice": "seqis.sampling.loader",
+    "sampling_for": "seqis.training.wiring",
     "ImportanceLoader": "seqis.training.own_loop",
     "output_layer_scorer": "seqis.importance.scoring",
-    "TrainConfig": "seqis.training.trainer",
+    "TrainConfig": "seqis.training.config",
     "train": "seqis.training.trainer",
 }
 __all__ = sorted(_PUBLIC)

@@ -45,6 +45,8 @@ class ImportanceSampling(pl.Callback):
         config: mining settings; the defaults are the races'.
         loss_fn: optional ``(module, batch) -> per-sequence losses`` for forward-only refresh.
         seed: seeds the draws.
+        total_steps: the planned steps for ``anneal`` and ``prune_anneal`` (default: the
+            trainer's ``max_steps`` when it sets one).
 
     Example:
         >>> trainer = pl.Trainer(max_steps=1000, callbacks=[ImportanceSampling("head")])
@@ -57,14 +59,17 @@ class ImportanceSampling(pl.Callback):
         config: MiningConfig | None = None,
         loss_fn: PerSequenceLoss | None = None,
         seed: int = 0,
+        total_steps: int | None = None,
     ):
         self.output_layer, self.config, self.loss_fn, self.seed = output_layer, config, loss_fn, seed
+        self.total_steps = total_steps
         self.loader: ImportanceLoader | None = None
         self._source: Any = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.loader = None  # a new fit draws afresh (fit(ckpt_path=...) restores the state)
         layer = self.output_layer
         if isinstance(layer, str):
             layer = pl_module.get_submodule(layer)
@@ -77,6 +82,9 @@ class ImportanceSampling(pl.Callback):
             loader = request()
             if isinstance(loader, ImportanceLoader):
                 return loader
+            if self.loader is not None:  # reloaded (reload_dataloaders_every_n_epochs): keep all state
+                self.loader.rebind(loader)
+                return self.loader
             self.loader = ImportanceLoader(
                 loader,
                 layer,
@@ -84,6 +92,7 @@ class ImportanceSampling(pl.Callback):
                 loss_fn=self.loss_fn,
                 model=pl_module if self.loss_fn is not None else None,
                 seed=self.seed,
+                total_steps=self.total_steps or _planned_steps(trainer),
             )
             self.loader.fetches_ahead = True  # Lightning fetches the next batch before this one trains
             return self.loader
@@ -97,7 +106,7 @@ class ImportanceSampling(pl.Callback):
             del self._source.dataloader  # back to the class's own method
             self._source = None
         if self.loader is not None:
-            self.loader.norms.remove()
+            self.loader.close()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -109,6 +118,10 @@ class ImportanceSampling(pl.Callback):
     ) -> None:
         # Under gradient accumulation .grad sums several batches: no noise-scale reading then.
         self.loader.step(read_grad=trainer.accumulate_grad_batches == 1)
+
+
+def _planned_steps(trainer: pl.Trainer) -> int | None:
+    return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
 
 
 def weighted_mean(module: pl.LightningModule, per_sequence_loss: Tensor) -> Tensor:

@@ -8,6 +8,9 @@ from pathlib import Path
 from seqis.data import images, labeled, text, timeseries
 from seqis.data.base import SequenceData
 from seqis.errors import DataError
+from seqis.options import at_least_one, one_of, option, within
+
+ENCODING_ERRORS = ("strict", "replace", "ignore")
 
 SPECS = {
     "stdlib": "character LM from the Python standard library's own source (default)",
@@ -31,13 +34,22 @@ SPECS = {
 class DataOptions:
     """How to cut and split a corpus; the defaults suit a CPU run of a minute or two."""
 
-    seq_len: int = 100
-    max_chars: int = 2_000_000
-    min_count: int = 2
-    val_fraction: float = 0.1
-    val_size: int = 10_000  # validation cap: thousands keep the curves quiet
-    split_seed: int = 0
-    encoding_errors: str = "strict"
+    seq_len: int = option(100, "window length for character LMs, maximum length for line/word LMs")
+    max_chars: int = option(2_000_000, "character budget of text corpora")
+    min_count: int = option(2, "word LMs: words seen fewer times become <unk>", cli=False)
+    val_fraction: float = option(0.1, "share of sequences held out when a set has no test split", cli=False)
+    val_size: int = option(10_000, "validation sequences at most (a seeded subset of an official test split)")
+    split_seed: int = option(0, "seed of the train/validation split", cli=False)
+    encoding_errors: str = option(
+        "strict", "undecodable bytes: fail (strict) or replace them", choices=ENCODING_ERRORS
+    )
+
+    def __post_init__(self) -> None:
+        at_least_one(self.seq_len, "seq-len")
+        at_least_one(self.max_chars, "max-chars")
+        at_least_one(self.val_size, "val-size")
+        within(self.val_fraction, 0, 1, "val-fraction", closed_low=False, closed_high=False)
+        one_of(self.encoding_errors, ENCODING_ERRORS, "encoding-errors")
 
 
 def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
@@ -49,8 +61,6 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
         9
     """
     opts = options or DataOptions()
-    if opts.encoding_errors not in ("strict", "replace", "ignore"):
-        raise DataError(f"--encoding-errors must be strict, replace or ignore: {opts.encoding_errors}")
     kind, _, arg = spec.partition(":")
     if kind in ("text", "lines", "words", "ts", "ucr", "idx", "labeled") and not arg:
         raise DataError(f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}")

@@ -1,10 +1,12 @@
 """``seqis diagnose``: can importance sampling pay on this data, and by how much?
 
-It trains briefly (uniform sampling with factor harvesting, as a real run starts), then
-scores a uniform sample of training sequences with the trained model, and reports:
-the factor spread, the ceiling E[s^2]/E[s]^2, the gain the default smoothing keeps,
-the mining cost per sequence relative to a training step, and the wall-clock benefit
-that is left after paying for mining. Plus a histogram PNG of the factors.
+It trains briefly (uniform sampling with factor harvesting, as a real run starts), or loads a
+run's newest checkpoint, then scores a uniform sample of training sequences with the model
+and reports the factor spread, the ceiling E[s^2]/E[s]^2, the gain the smoothing keeps, the
+noise scale the run recorded, and the verdict of the very switch ``seqis train`` uses
+(:meth:`seqis.importance.switch.Switch.pays`, with the same predicted mining cost), so the
+two cannot disagree. The measured cost of scoring against a training step is reported
+beside it, with a histogram PNG of the factors.
 """
 
 from __future__ import annotations
@@ -20,116 +22,149 @@ import torch
 from seqis.errors import CheckpointError
 from seqis.experiments.plots import plot_histogram, plot_noise
 from seqis.importance.factors import score
-from seqis.importance.mining import ceiling, estimated_gain
+from seqis.importance.mining import NOISE_FACTORS
 from seqis.importance.noise import NoiseScale, predicted_step_gain
+from seqis.importance.switch import Switch, ceiling, estimated_gain, mining_cost
 from seqis.training.checkpoint import load_latest
-from seqis.training.trainer import TrainConfig, build, evaluate, train
+from seqis.training.config import TrainConfig
+from seqis.training.trainer import build, evaluate, train
 
 
-def diagnose(
-    config: TrainConfig, steps: int | None = None, sample: int = 2048, checkpoint: str | None = None
-) -> dict:
+def switch_for(config: TrainConfig) -> Switch:
+    """The switch a ``seqis train`` run of ``config`` decides with (its trainer always refreshes)."""
+    mining = config.mining
+    return Switch(mining, config.batch_size, mining_cost(mining, refreshes=mining.refresh_share > 0))
+
+
+def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = None) -> dict:
     """Train briefly (or load the newest checkpoint of run ``checkpoint``), then judge."""
     config = replace(
         config,
-        steps=steps or config.steps or (None if config.time_budget else 300),
+        steps=config.steps or (None if config.time_budget else 300),
         mining=replace(config.mining, always_on=False),
     )
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    if checkpoint is None:
-        summary = train(config)
-        trained_steps, train_per_seq = (
-            summary["steps"],
-            (summary["wall_time_s"] / max(1, summary["steps"] * config.batch_size)),
-        )
-        final_val = summary["final_val_loss"]
+    model_state = _trained_state(config, checkpoint)
     data, device, model, *_ = build(config)
-    state, path = load_latest(Path(checkpoint or config.out))
-    noise = NoiseScale(config.batch_size)
-    miner_state = state.get("miner") or {}
-    if miner_state.get("noise"):
-        noise.load_state_dict(miner_state["noise"])
-    history = miner_state.get("noise_history", [])
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(model_state["model"])
     except RuntimeError:
         raise CheckpointError(
-            f"checkpoint {path} does not fit this model (--model, --hidden, --layers, --embed, --data)"
+            f"checkpoint {model_state['path']} does not fit this model "
+            "(--model, --hidden, --layers, --embed, --data)"
         ) from None
     if checkpoint is not None:
-        trained_steps, final_val = state["step"], evaluate(model, data, data.val_idx, device)[0]
-        train_per_seq = _time_training_step(model, data, config.batch_size, device)
-    model.eval()
+        model_state["final_val_loss"] = evaluate(model, data, data.val_idx, device)[0]
+        model_state["train_per_seq"] = _time_training_step(model, data, config.batch_size, device)
+    factors, score_per_seq = _score_sample(config, model, data, device, sample)
+    noise = model_state["noise"]
+    report = judge(config, factors, noise.noise_scale if noise is not None else None)
+    report.update(
+        trained_steps=model_state["step"],
+        final_val_loss=model_state["final_val_loss"],
+        score_cost_per_seq_s=score_per_seq,
+        train_cost_per_seq_s=model_state["train_per_seq"],
+        cost_ratio=score_per_seq / model_state["train_per_seq"],
+        measured_refresh_overhead=config.mining.refresh_share * score_per_seq / model_state["train_per_seq"],
+    )
+    return _write(config, report, factors, model_state["noise_history"])
 
-    g = torch.Generator().manual_seed(config.seed)
-    pool = data.train_idx[torch.randperm(len(data.train_idx), generator=g)[:sample]]
-    chunks = pool.split(config.mining.refresh_batch)
-    start = time.perf_counter()
-    factors = torch.cat([score(config.sampler, model, data.batch(c).to(device)).cpu() for c in chunks])
-    score_per_seq = (time.perf_counter() - start) / len(pool)
-    cost_ratio = score_per_seq / train_per_seq
 
-    s = factors.double().numpy()
-    ceil = ceiling(s)
+def judge(config: TrainConfig, factors: np.ndarray, noise_scale: float | None) -> dict:
+    """The switch's verdict on fresh ``factors`` and a recorded noise scale: what ``train`` decides."""
+    switch = switch_for(config)
+    s = np.asarray(factors, dtype=np.float64)
     gain = estimated_gain(s, config.mining.smoothing)
-    overhead = config.mining.refresh_fraction * cost_ratio
-    b_noise = noise.noise_scale
+    b_noise = noise_scale
     step_gain = predicted_step_gain(b_noise, gain, config.batch_size)
-    step_gain_retuned = predicted_step_gain(b_noise, gain, config.batch_size, lr_retuned=True)
-    wall_gain = step_gain / (1.0 + overhead) if step_gain is not None else None
-    pays = gain >= config.mining.min_gain and (wall_gain is None or wall_gain > 1.0)
-    noise_png = plot_noise(
-        history, Path(config.out) / "noise.png", f"{config.data}, batch {config.batch_size}"
-    )
-    png = plot_histogram(
-        s, Path(config.out) / "factors.png", f"{config.sampler} factors on {config.data} (ceiling {ceil:.3f})"
-    )
-    verdict = (
-        f"{config.data}: factor spread std/mean = {s.std() / s.mean():.3f}, ceiling E[s²]/E[s]² = "
-        f"{ceil:.3f}, gain kept with smoothing {config.mining.smoothing} = {gain:.3f}. Scoring costs "
-        f"{cost_ratio:.2f}x a training step per sequence, so mining at refresh fraction "
-        f"{config.mining.refresh_fraction} costs ~{overhead:.1%} of step time. "
-        + (
-            f"Output-layer gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: "
-            f"a {gain:.2f}x variance cut predicts at most {step_gain:.2f}x fewer steps at the same "
-            f"learning rate ({step_gain_retuned:.2f}x with it re-tuned), ~{wall_gain:.2f}x in "
-            "wall-clock after mining. "
-            if b_noise is not None
-            else ""
-        )
-        + (
-            "Importance sampling can pay."
-            if pays
-            else f"Importance sampling cannot pay here (needs gain >= {config.mining.min_gain}); "
-            "seqis will keep sampling uniformly, paying only the harvest."
-        )
-    )
-    report = {
+    pays = switch.pays(gain, b_noise)
+    return {
         "data": config.data,
-        "factor": config.sampler,
-        "trained_steps": trained_steps,
-        "final_val_loss": final_val,
-        "sampled_sequences": len(pool),
+        "sampler": config.sampler_label,
+        "factor": config.mining.factor,
+        "sampled_sequences": int(s.size),
         "factor_mean": float(s.mean()),
         "factor_std": float(s.std()),
-        "spread": float(s.std() / s.mean()),
-        "ceiling": ceil,
+        "spread": float(s.std() / s.mean()) if s.mean() > 0 else 0.0,
+        "ceiling": ceiling(s),
         "estimated_gain": gain,
-        "score_cost_per_seq_s": score_per_seq,
-        "train_cost_per_seq_s": train_per_seq,
-        "cost_ratio": cost_ratio,
-        "mining_overhead": overhead,
         "noise_scale": b_noise,
         "predicted_step_gain": step_gain,
-        "predicted_step_gain_lr_retuned": step_gain_retuned,
-        "predicted_wall_clock_gain": wall_gain,
-        "noise_plot": str(noise_png) if noise_png else None,
+        "predicted_step_gain_lr_retuned": predicted_step_gain(b_noise, gain, config.batch_size, True),
+        "predicted_mining_cost": switch.cost,
         "is_pays": pays,
-        "verdict": verdict,
-        "histogram": str(png),
+        "verdict": _verdict(config, s, gain, b_noise, step_gain, switch.cost, pays),
     }
-    (Path(config.out) / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
-    np.save(Path(config.out) / "factors.npy", s)
+
+
+def _verdict(config, s, gain, b_noise, step_gain, cost, pays) -> str:
+    mining = config.mining
+    text = (
+        f"{config.data}: {mining.factor} factor spread std/mean = {s.std() / max(s.mean(), 1e-300):.3f}, "
+        f"ceiling E[s²]/E[s]² = {ceiling(s):.3f}, gain kept with smoothing {mining.smoothing} = {gain:.3f}. "
+    )
+    if b_noise is not None:
+        text += (
+            f"Gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: the cut "
+            "predicts "
+            f"{step_gain:.3f}x fewer steps at the same learning rate, against a predicted mining cost of "
+            f"{cost:.1%}. "
+        )
+    else:
+        basis = (
+            "not yet known" if mining.factor in NOISE_FACTORS else f"not defined for {mining.factor} factors"
+        )
+        text += f"The noise scale is {basis}, so the switch judges the gain against {mining.min_gain}. "
+    if pays:
+        return text + "Importance sampling can pay: seqis train switches it on."
+    return (
+        text + "Importance sampling cannot pay here: seqis train keeps sampling uniformly, paying only "
+        "the harvest."
+    )
+
+
+def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:
+    """Model weights, step, noise scale and the figures of a brief run or a saved one."""
+    found = {}
+    if checkpoint is None:
+        summary = train(config)
+        found["final_val_loss"] = summary["final_val_loss"]
+        found["train_per_seq"] = summary["wall_time_s"] / max(1, summary["steps"] * config.batch_size)
+    state, path = load_latest(Path(checkpoint or config.out))
+    miner_state = state.get("miner") or {}
+    noise = None
+    if miner_state.get("noise"):
+        noise = NoiseScale(config.batch_size)
+        noise.load_state_dict(miner_state["noise"])
+    found.update(
+        model=state["model"],
+        path=path,
+        step=state["run"]["step"],
+        noise=noise,
+        noise_history=miner_state.get("noise_history", []),
+    )
+    return found
+
+
+def _score_sample(config: TrainConfig, model, data, device, sample: int) -> tuple[np.ndarray, float]:
+    """Factors of a seeded uniform sample of training sequences, and the seconds per sequence."""
+    model.eval()
+    g = torch.Generator().manual_seed(config.seed)
+    pool = data.train_idx[torch.randperm(len(data.train_idx), generator=g)[:sample]]
+    start = time.perf_counter()
+    chunks = pool.split(config.mining.refresh_batch)
+    factors = torch.cat([score(config.mining.factor, model, data.batch(c).to(device)).cpu() for c in chunks])
+    return factors.double().numpy(), (time.perf_counter() - start) / len(pool)
+
+
+def _write(config: TrainConfig, report: dict, factors: np.ndarray, history: list) -> dict:
+    out = Path(config.out)
+    noise_png = plot_noise(history, out / "noise.png", f"{config.data}, batch {config.batch_size}")
+    title = f"{config.mining.factor} factors on {config.data} (ceiling {report['ceiling']:.3f})"
+    report["histogram"] = str(plot_histogram(factors, out / "factors.png", title))
+    report["noise_plot"] = str(noise_png) if noise_png else None
+    (out / "diagnosis.json").write_text(json.dumps(report, indent=2) + "\n")
+    np.save(out / "factors.npy", factors)
     return report
 
 

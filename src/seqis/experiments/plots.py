@@ -104,22 +104,24 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
     return _save(fig, png)
 
 
-def plot_noise(history: list, png: Path, title: str) -> Path | None:
-    """The noise scale B and the predicted step gains at each switch decision of a run."""
-    # (step, on, B, g, gain at uniform's lr, gain with the lr re-tuned); older runs lack the last.
-    rows = [r for r in history if r[2] is not None and r[4] is not None]
+def plot_noise(history: list[dict], png: Path, title: str) -> Path | None:
+    """The noise scale B and the predicted step gains at each switch decision of a run.
+
+    ``history`` holds the miner's named noise records (``step``, ``noise_scale``,
+    ``predicted_step_gain``, ``predicted_step_gain_lr_retuned``).
+    """
+    rows = [r for r in history if r["noise_scale"] is not None and r["predicted_step_gain"] is not None]
     if not rows:
         return None
-    steps = np.array([r[0] for r in rows], dtype=float)
+    steps = np.array([r["step"] for r in rows], dtype=float)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    top.plot(steps, [r[2] for r in rows])
+    top.plot(steps, [r["noise_scale"] for r in rows])
     top.set(ylabel="noise scale B (sequences)", title=title)
-    if all(len(r) > 5 for r in rows):
-        bottom.plot(steps, [r[4] for r in rows], label="at uniform's learning rate")
-        bottom.plot(steps, [r[5] for r in rows], ls="--", label="learning rate re-tuned")
-        bottom.legend()
-    else:
-        bottom.plot(steps, [r[4] for r in rows], ls="--", label="learning rate re-tuned")
+    bottom.plot(steps, [r["predicted_step_gain"] for r in rows], label="at uniform's learning rate")
+    bottom.plot(
+        steps, [r["predicted_step_gain_lr_retuned"] for r in rows], ls="--", label="learning rate re-tuned"
+    )
+    bottom.legend()
     bottom.axhline(1.0, color="black", lw=0.8)
     bottom.set(xlabel="step", ylabel="predicted step gain")
     for ax in (top, bottom):

@@ -28,9 +28,11 @@ Taking expectations,
 
 so |G|^2 = (b E|G_b|^2 - m_p) / (b - 1), tr(Sigma_uniform) = m_u - |G|^2 and the variance
 cut of the distribution in use is g = (m_u - |G|^2) / (m_p - |G|^2). While importance
-sampling is off, m_p = m_u and g is the cut it *would* deliver, m_u / gain with the
-switch's fresh-factor gain. Each moment is an exponential moving average, so the ratios
-are ratios of averages, not averages of noisy ratios.
+sampling is off the batch is drawn uniformly, m_p = m_u, and g is the cut it *would* deliver,
+with m_u / gain (the switch's fresh-factor gain) in place of m_p in g alone: feeding that
+into |G|^2 as well would bias B low. At a switch the batch moments restart. Each moment is
+an exponential moving average, so the ratios are ratios of averages, not averages of noisy
+ratios.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class NoiseScale:
     decay: float = 0.98  # ~50 updates of memory
     batch_sq: float | None = None  # E|G_b|^2
     uniform_sq: float | None = None  # m_u = E_u[s^2]
-    drawn_sq: float | None = None  # m_p = E_p[w^2 s^2]
+    drawn_sq: float | None = None  # m_p = E_p[w^2 s^2] of the draws in use
+    predicted_cut: float | None = None  # under uniform draws: the switch's predicted second-moment cut
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else self.decay * old + (1.0 - self.decay) * new
@@ -66,13 +69,16 @@ class NoiseScale:
         if np.isfinite(grad_sq):
             self.batch_sq = self._ema(self.batch_sq, float(grad_sq))
 
-    def observe_samples(self, factors: np.ndarray, weights: np.ndarray, predicted_cut: float = 1.0) -> None:
+    def observe_samples(
+        self, factors: np.ndarray, weights: np.ndarray, predicted_cut: float | None = None
+    ) -> None:
         """Harvested per-sequence gradient norms with the weights they were drawn with.
 
-        Under uniform draws pass the cut the switch predicts importance sampling would
-        deliver (second moments, ``estimated_gain``); the drawn moment is then uniform's
-        divided by it, so :attr:`variance_cut` and :meth:`predicted_step_gain` say what
-        switching on would buy.
+        The drawn moment is always the estimator's that drew the batch (m_u itself under
+        uniform draws), so |G|^2 and B stay unbiased in both regimes. Under uniform draws
+        pass ``predicted_cut``, the second-moment cut the switch predicts importance sampling
+        would deliver (``estimated_gain``): :attr:`variance_cut` and
+        :meth:`predicted_step_gain` then say what switching on would buy.
         """
         s2 = np.asarray(factors, dtype=np.float64) ** 2
         w = np.asarray(weights, dtype=np.float64)
@@ -81,7 +87,12 @@ class NoiseScale:
             return
         s2, w = s2[good], w[good]
         self.uniform_sq = self._ema(self.uniform_sq, float(np.mean(w * s2)))
-        self.drawn_sq = self._ema(self.drawn_sq, float(np.mean(w * w * s2)) / max(predicted_cut, 1e-12))
+        self.drawn_sq = self._ema(self.drawn_sq, float(np.mean(w * w * s2)))
+        self.predicted_cut = predicted_cut
+
+    def regime_changed(self) -> None:
+        """Importance sampling switched on or off: E|G_b|^2 and m_p of the old draws no longer apply."""
+        self.batch_sq = self.drawn_sq = self.predicted_cut = None
 
     @property
     def gradient_sq(self) -> float | None:
@@ -108,7 +119,10 @@ class NoiseScale:
         g2 = self.gradient_sq
         if g2 is None or self.uniform_sq is None:
             return None
-        drawn = self.drawn_sq - g2
+        if self.predicted_cut is not None:  # uniform draws: the moment importance sampling would have
+            drawn = self.uniform_sq / max(self.predicted_cut, 1e-12) - g2
+        else:
+            drawn = self.drawn_sq - g2
         return max(self.uniform_sq - g2, 0.0) / drawn if drawn > 0 else None
 
     def predicted_step_gain(self, lr_retuned: bool = False) -> float | None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqis.data.base import LM, Batch
+from seqis.options import at_least_one, one_of, option, within
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -42,12 +43,22 @@ class ModelOutput:
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"
-    hidden_size: int = 256
-    num_layers: int = 2
-    dropout: float = 0.0
-    embed_size: int = 64
-    pack: bool = False  # packed sequences: the RNN's work follows the real lengths, not the longest
+    cell: str = option("lstm", "recurrent cell", flag="--model", choices=tuple(CELLS))
+    hidden_size: int = option(256, "hidden units per layer", flag="--hidden")
+    num_layers: int = option(2, "stacked recurrent layers", flag="--layers")
+    dropout: float = option(0.0, "dropout between layers and before the output layer, in [0, 1)")
+    embed_size: int = option(64, "token embedding size (token inputs)", flag="--embed")
+    # Packed sequences: the RNN's work follows the real lengths, not the longest.
+    pack: bool = option(
+        False, "run the RNN over packed sequences, so a step's cost follows the lengths it holds"
+    )
+
+    def __post_init__(self) -> None:
+        one_of(self.cell, tuple(CELLS), "model")
+        at_least_one(self.hidden_size, "hidden")
+        at_least_one(self.num_layers, "layers")
+        at_least_one(self.embed_size, "embed")
+        within(self.dropout, 0, 1, "dropout", closed_high=False)
 
 
 class RecurrentModel(nn.Module):

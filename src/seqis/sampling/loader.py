@@ -12,15 +12,20 @@ Example:
     ...     per_seq = loss_fn(model(batch["item"]))          # reduction="none"
     ...     (batch["weight"] * per_seq).mean().backward()
     ...     sampler.record(batch["index"], factors)          # e.g. OutputLayerNorms(...).compute()
+
+Under ``torch.distributed`` wrap the sampler in :class:`RankSlice`: every rank draws the same
+global batch and loads only its own slice of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import default_collate
+
+from seqis.distributed import replicas
 
 
 class WeightedDataset(torch.utils.data.Dataset):
@@ -55,3 +60,48 @@ def weighted_collate(collate_fn: Callable[[list], Any] = default_collate) -> Cal
         return collate_fn([row["item"] for row in rows]), index, weight
 
     return collate
+
+
+class RankSlice(torch.utils.data.Sampler):
+    """This rank's contiguous slice of every global batch a batch sampler yields.
+
+    ``DistributedSampler`` semantics: ``num_replicas`` and ``rank`` default from the
+    initialised ``torch.distributed`` group. The wrapped sampler is single-replica and
+    identical on every rank (same seed, same factors), so the ranks' slices are disjoint
+    and together cover each global batch; its ``batch_size`` is the global batch, and every
+    batch it yields must be full (seqis samplers' batches are; a ``BatchSampler`` needs
+    ``drop_last=True``).
+
+    Example:
+        >>> sampler = ImportanceSampler(range(len(ds)), batch_size=64)   # 64 over all ranks
+        >>> loader = DataLoader(WeightedDataset(ds), batch_sampler=RankSlice(sampler))
+        >>> # with 4 ranks each loads 16 of every 64; gather the factors, then sampler.record
+    """
+
+    def __init__(
+        self,
+        batch_sampler: torch.utils.data.Sampler,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        self.num_replicas, self.rank = replicas(num_replicas, rank)
+        batch_size = batch_sampler.batch_size
+        if batch_size % self.num_replicas:
+            raise ValueError(
+                f"the global batch of {batch_size} does not split evenly over {self.num_replicas} replicas"
+            )
+        self.batch_sampler = batch_sampler
+        self.batch_size = batch_size // self.num_replicas  # per rank, as a DataLoader reports it
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list]:
+        start = self.rank * self.batch_size
+        for batch in self.batch_sampler:
+            yield batch[start : start + self.batch_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the wrapped sampler (Lightning calls it on a loader's batch sampler)."""
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)

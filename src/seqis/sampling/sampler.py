@@ -10,11 +10,12 @@ Both yield lists of ``(index, weight)`` pairs when iterated (for a ``DataLoader`
 ``batch_sampler`` together with :class:`seqis.sampling.loader.WeightedDataset`); the
 training loop calls :meth:`draw` directly for tensors.
 
-Under ``torch.distributed`` they follow ``DistributedSampler``'s semantics: ``num_replicas``
-and ``rank`` default from the initialised process group, ``batch_size`` is per replica,
-every rank draws the same *global* batch of ``batch_size * num_replicas`` (identical seeds
-and factors) and iterates over its own slice of it, and :meth:`record` exchanges the ranks'
-factors, so one importance distribution over all N sequences serves every rank.
+The samplers are single-replica: ``batch_size`` is the *global* batch they draw, and they
+know nothing of ranks. Under ``torch.distributed`` every rank holds an identical sampler
+(same seed, same factors), :class:`seqis.sampling.loader.RankSlice` hands each rank its
+slice of every global batch, and the caller gathers every rank's factors before
+:meth:`record` (the miner does), so one importance distribution over all N sequences
+serves every rank.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqis.distributed import DistContext, replicas
 from seqis.sampling.sumtree import SumTree
 
 
@@ -40,22 +40,21 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         [1.0, 1.0, 1.0, 1.0]
     """
 
+    active = False  # never an importance draw (importance samplers switch this)
+    importance_weights = False  # its weights are not 1 / (N p_i)
+
     def __init__(
         self,
         indices: Sequence[int] | Tensor,
         batch_size: int,
         seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
     ):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         if len(self.indices) == 0:
             raise ValueError("no indices to sample from")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_replicas, self.rank = replicas(num_replicas, rank)
-        self.replica_batch = batch_size
-        self.batch_size = batch_size * self.num_replicas  # the global batch every rank draws
+        self.batch_size = batch_size  # the global batch: RankSlice splits it between ranks
         self.seed = seed
         self.epoch = 0
         self._order = self._permutation()
@@ -84,6 +83,24 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return pos
 
     def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` afresh (a new seeded order from its first batch); a no-op for the
+        current epoch.
+
+        PyTorch-compatible: ``DistributedSampler.set_epoch`` only sets the seed, so frameworks
+        call it freely, Lightning with the current epoch right after restoring a checkpoint;
+        keeping the order and cursor then resumes mid-epoch instead of re-training its start.
+
+        Example:
+            >>> sampler = UniformBatchSampler(range(10), batch_size=2, seed=0)
+            >>> _ = sampler.draw()
+            >>> sampler.set_epoch(0)              # the current epoch: order and cursor are kept
+            >>> sampler.state_dict()["cursor"]
+            2
+        """
+        if epoch != self.epoch:
+            self._start_epoch(epoch)
+
+    def _start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self._order, self._cursor = self._permutation(), 0
 
@@ -91,16 +108,20 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.num_sequences, generator=g)
 
+    def _take(self, most: int) -> Tensor:
+        """Up to ``most`` next positions of one epoch, starting the next epoch if this one is spent."""
+        if self._cursor >= len(self._order):  # an epoch may be shorter than N (pruning)
+            self._start_epoch(self.epoch + 1)
+        take = self._order[self._cursor : self._cursor + most]
+        self._cursor += len(take)
+        return take
+
     def draw_positions(self, count: int | None = None) -> Tensor:
         """Positions (into ``indices``) of the next ``count`` (default: a batch), crossing epochs."""
         parts, need = [], count or self.batch_size
         while need:
-            if self._cursor >= len(self._order):  # an epoch may be shorter than N (pruning)
-                self.set_epoch(self.epoch + 1)
-            take = self._order[self._cursor : self._cursor + need]
-            self._cursor += len(take)
-            parts.append(take)
-            need -= len(take)
+            parts.append(self._take(need))
+            need -= len(parts[-1])
         return torch.cat(parts)
 
     def draw(self) -> tuple[Tensor, Tensor]:
@@ -108,18 +129,13 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return self.indices[pos], torch.ones(len(pos))
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
-        """This rank's slice of each global draw, as ``(index, weight)`` pairs."""
-        mine = slice(self.rank * self.replica_batch, (self.rank + 1) * self.replica_batch)
+        """Whole batches as ``(index, weight)`` pairs (wrap in ``RankSlice`` to split them between ranks)."""
         for _ in range(len(self)):
             idx, w = self.draw()
-            yield list(zip(idx[mine].tolist(), w[mine].tolist(), strict=True))
+            yield list(zip(idx.tolist(), w.tolist(), strict=True))
 
-    def _usable(
-        self, dataset_indices: Tensor, factors: Tensor, gathered: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and values of every rank's recorded factors, bad ones dropped (warned once)."""
-        if not gathered and self.num_replicas > 1:
-            dataset_indices, factors = self._exchanged(dataset_indices, factors)
+    def _usable(self, dataset_indices: Tensor, factors: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and values of the recorded factors, bad ones dropped (warned once)."""
         pos = self.positions_of(dataset_indices)
         values, bad = repair_factors(torch.as_tensor(factors).detach().cpu().double().numpy())
         if not bad:
@@ -135,22 +151,12 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         keep = ~np.isnan(values)
         return pos[keep], values[keep]
 
-    def _exchanged(self, dataset_indices: Tensor, factors: Tensor) -> tuple[Tensor, Tensor]:
-        """Every rank's recorded indices and factors, so all samplers stay identical."""
-        dataset_indices = torch.as_tensor(dataset_indices, dtype=torch.long)
-        factors = torch.as_tensor(factors).detach().double()
-        if self.num_replicas == 1:
-            return dataset_indices, factors
-        ctx = DistContext(self.rank, self.num_replicas)
-        device = ctx.comm_device
-        return ctx.gather(dataset_indices.to(device)).cpu(), ctx.gather(factors.to(device)).cpu()
-
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
-        self.set_epoch(state["epoch"])
+        self._start_epoch(state["epoch"])  # always: the seed may have changed
         self._cursor = state["cursor"]
 
 
@@ -192,11 +198,9 @@ class ImportanceSampler(UniformBatchSampler):
         batch_size: int,
         smoothing: float = 0.2,
         seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
         costs: Sequence[float] | Tensor | None = None,
     ):
-        super().__init__(indices, batch_size, seed, num_replicas, rank)
+        super().__init__(indices, batch_size, seed)
         if not 0.0 < smoothing <= 1.0:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
@@ -229,13 +233,13 @@ class ImportanceSampler(UniformBatchSampler):
         self._active = bool(value)
 
     # -- factors ---------------------------------------------------------------------------
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0, gathered: bool = False) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
         """Store new factors for these sequences; the tree is updated in O(b log N).
 
-        With several replicas every rank calls it with its own slice (equal lengths), unless
-        ``gathered``: the caller (the miner) has already collected every rank's factors.
+        It stores exactly what it is given: with several replicas the caller (the miner)
+        gathers every rank's factors first, so the ranks' samplers stay identical.
         """
-        pos, values = self._usable(dataset_indices, factors, gathered)
+        pos, values = self._usable(dataset_indices, factors)
         self.factors[pos] = values
         self.scored_step[pos] = step
         if self._active:
@@ -261,6 +265,11 @@ class ImportanceSampler(UniformBatchSampler):
     @property
     def coverage(self) -> float:
         return float((~np.isnan(self.factors)).mean())
+
+    def median_factor_age(self, now: int) -> float | None:
+        """Median steps since each stored factor was scored (O(N): for summaries only)."""
+        scored = self.scored_step[self.scored_step >= 0]
+        return float(np.median(now - scored)) if scored.size else None
 
     # -- probabilities ---------------------------------------------------------------------
     def _mixture(self) -> tuple[float, float]:
@@ -367,8 +376,9 @@ class PruningSampler(UniformBatchSampler):
     known factors is skipped with probability ``ratio``; a kept one is weighted ``1 / (1 -
     ratio)``, so the expected gradient summed over an epoch is the full epoch's. Epochs get
     shorter, no sequence repeats within one, and the last ``anneal`` share of the planned
-    ``total_steps`` trains on full, unweighted epochs. Pruning starts once :attr:`active` is
-    set (the miner sets it after warm-up, when factors exist).
+    ``total_steps`` trains on full, unweighted data: the draw that enters that share ends a
+    pruned epoch early and starts a full one. Pruning starts once :attr:`active` is set (the
+    miner sets it after warm-up, when factors exist).
 
     Example:
         >>> sampler = PruningSampler(range(1000), batch_size=32, ratio=0.5, seed=0)
@@ -386,8 +396,6 @@ class PruningSampler(UniformBatchSampler):
         seed: int = 0,
         total_steps: int | None = None,
         anneal: float = 0.125,
-        num_replicas: int | None = None,
-        rank: int | None = None,
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
@@ -398,7 +406,8 @@ class PruningSampler(UniformBatchSampler):
         self.draws = 0
         self.factors = np.full(len(indices), np.nan)
         self._weights = torch.ones(len(indices))
-        super().__init__(indices, batch_size, seed, num_replicas, rank)
+        self._pruned = False  # whether the current epoch was pruned (and so is weighted)
+        super().__init__(indices, batch_size, seed)
 
     @property
     def active(self) -> bool:
@@ -419,9 +428,13 @@ class PruningSampler(UniformBatchSampler):
     def coverage(self) -> float:
         return float((~np.isnan(self.factors)).mean())
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0, gathered: bool = False) -> None:
-        """Store the latest factors; they shape the pruning of the next epoch."""
-        pos, values = self._usable(dataset_indices, factors, gathered)
+    def median_factor_age(self, now: int) -> float | None:
+        """Pruning keeps no scoring steps: an epoch's pruning uses the latest factor of each."""
+        return None
+
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+        """Store the latest factors (exactly those given); they shape the pruning of the next epoch."""
+        pos, values = self._usable(dataset_indices, factors)
         self.factors[pos] = values
 
     def rebuild(self) -> None:
@@ -429,7 +442,7 @@ class PruningSampler(UniformBatchSampler):
 
     def _permutation(self) -> Tensor:
         order = super()._permutation()
-        self._weights = torch.ones(self.num_sequences)
+        self._weights, self._pruned = torch.ones(self.num_sequences), False
         known = ~np.isnan(self.factors)
         if not (self._active and self.ratio > 0 and known.any()) or self.annealing:
             return order
@@ -437,15 +450,24 @@ class PruningSampler(UniformBatchSampler):
         below = torch.from_numpy(known & (self.factors < self.factors[known].mean()))
         dropped = below & (torch.rand(self.num_sequences, generator=g) < self.ratio)
         self._weights[below] = 1.0 / (1.0 - self.ratio)
+        self._pruned = bool(below.any())
         return order[~dropped[order]]
 
     def __len__(self) -> int:
         return max(1, len(self._order) // self.batch_size)
 
     def draw(self) -> tuple[Tensor, Tensor]:
-        pos = self.draw_positions()
+        if self._pruned and self.annealing:  # checked per draw: a long epoch would eat the full-data tail
+            self._start_epoch(self.epoch + 1)
+        positions, weights, need = [], [], self.batch_size
+        while need:
+            # Weights are read per part: crossing into a new epoch replaces self._weights, and
+            # the old epoch's positions keep the weights of the epoch they were drawn from.
+            positions.append(self._take(need))
+            weights.append(self._weights[positions[-1]])
+            need -= len(positions[-1])
         self.draws += 1
-        return self.indices[pos], self._weights[pos]
+        return self.indices[torch.cat(positions)], torch.cat(weights)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -456,6 +478,7 @@ class PruningSampler(UniformBatchSampler):
             repaired=self.repaired,
             order=self._order.clone(),
             weights=self._weights.clone(),
+            pruned=self._pruned,
         )
         return state
 
@@ -466,3 +489,5 @@ class PruningSampler(UniformBatchSampler):
         self.factors = np.array(state["factors"], dtype=np.float64)
         self.repaired = state["repaired"]
         self._order, self._weights = state["order"].clone(), state["weights"].clone()
+        # Checkpoints from before the per-draw annealing lack it: a pruned epoch has weights above 1.
+        self._pruned = bool(state.get("pruned", (self._weights != 1).any()))

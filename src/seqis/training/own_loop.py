@@ -10,7 +10,9 @@ the factors (any loss), and runs the miner (harvest, refresh, switch). Three lin
     loader.step()                                               # new: after backward (and optimizer.step)
 
 Under DDP (``torchrun``) it joins the initialised process group: one importance
-distribution over all N sequences, each rank its slice of every global batch.
+distribution over all N sequences, each rank its slice of every global batch. The sampler
+and miner come from :func:`seqis.training.wiring.sampling_for`, as in ``seqis train``: every
+:class:`MiningConfig` setting is honoured or refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from seqis.distributed import DistContext
+from seqis.importance.config import MiningConfig
 from seqis.importance.hooks import OutputLayerNorms
-from seqis.importance.mining import Miner, MiningConfig
 from seqis.importance.scoring import PerSequenceLoss, output_layer_scorer, to_device
-from seqis.sampling.loader import WeightedDataset, weighted_collate
-from seqis.sampling.sampler import ImportanceSampler
+from seqis.options import check
+from seqis.sampling.loader import RankSlice, WeightedDataset, weighted_collate
+from seqis.training.checkpoint import decode_state, encode_state
+from seqis.training.wiring import sampling_for
 
 # DataLoader settings carried over to the importance-drawing loader (batching is ours).
 _KEPT = (
@@ -48,12 +51,14 @@ class ImportanceLoader:
     Args:
         dataloader: the loader you train with (map-style dataset, ``batch_size`` set).
         output_layer: the model's output ``nn.Linear``; its hooks yield the factors.
-        config: mining settings (smoothing, switch, refresh); the defaults are the races'.
+        config: sampler and mining settings; the default is importance sampling with the switch.
         loss_fn: optional ``(model, batch) -> per-sequence losses``; with it (and ``model``)
             stale factors are refreshed by forward-only passes, without it only by training.
         model: the model ``loss_fn`` runs (needed with ``loss_fn``).
-        lengths: optional per-sequence lengths (dataset order), so refresh batches pad little.
+        lengths: optional per-sequence lengths (dataset order), so refresh batches pad little;
+            the costs of ``cost_aware`` draws (pack your batches then).
         seed: seeds the draws; every rank must use the same.
+        total_steps: the planned steps, for ``anneal`` and pruning's ``prune_anneal``.
 
     Example:
         >>> loader = ImportanceLoader(DataLoader(ds, batch_size=32, collate_fn=pad), model.head)
@@ -73,55 +78,84 @@ class ImportanceLoader:
         model: nn.Module | None = None,
         lengths: Tensor | None = None,
         seed: int = 0,
+        total_steps: int | None = None,
     ):
-        if not isinstance(dataloader, DataLoader):
-            raise TypeError(f"ImportanceLoader wraps a torch DataLoader, got {type(dataloader).__name__}")
-        if dataloader.batch_size is None:
-            raise ValueError("ImportanceLoader needs the DataLoader's batch_size (it brings its own sampler)")
-        if not hasattr(dataloader.dataset, "__getitem__"):
-            raise TypeError("ImportanceLoader needs a map-style dataset (one with __getitem__ and __len__)")
-        if (loss_fn is None) != (model is None):
-            raise ValueError("refresh needs both loss_fn and model (or neither)")
-        self.dataset = dataloader.dataset
-        self.collate_fn = dataloader.collate_fn
+        _check_loader(dataloader, loss_fn, model)
         self.config = config or MiningConfig()
+        _check_config(self.config)
         self.output_layer = output_layer
-        ctx = DistContext.current()
-        self.sampler = ImportanceSampler(
-            range(len(self.dataset)), dataloader.batch_size, self.config.smoothing, seed=seed
-        )
-        kept = {name: getattr(dataloader, name) for name in _KEPT}
-        if dataloader.num_workers > 0:
-            kept["prefetch_factor"] = dataloader.prefetch_factor
-        self._in_flight: deque[tuple[Tensor, Tensor]] = deque()  # drawn, still with the workers
-        self._loader = DataLoader(
-            WeightedDataset(self.dataset),
-            batch_sampler=_LoggedDraws(self.sampler, self._in_flight),
-            collate_fn=weighted_collate(self.collate_fn),
-            **kept,
-        )
         self.norms = OutputLayerNorms(output_layer)
-        score_fn = None
-        if loss_fn is not None:
-            device = next(output_layer.parameters()).device
-            scorer = output_layer_scorer(
-                model, output_layer, loss_fn, lambda i: to_device(self.fetch(i), device)
-            )
-
-            def score_fn(index: Tensor) -> Tensor:
-                with self.norms.paused():
-                    return scorer(index)
-
-        self.miner = Miner(self.sampler, self.config, score_fn, lengths, ctx)
-        self.ctx = ctx
+        self.grad_sq = _PreClipGradSq(output_layer)
+        self.ctx = DistContext.current()
+        self._source(dataloader)
+        score_fn = self._scorer(loss_fn, model) if loss_fn is not None else None
+        self.sampler, self.miner = sampling_for(
+            self.config,
+            torch.arange(len(self.dataset)),
+            dataloader.batch_size * self.ctx.world,
+            seed=seed,
+            score_fn=score_fn,
+            lengths=lengths,
+            ctx=self.ctx,
+            total_steps=total_steps,
+            grad_batch_size=dataloader.batch_size,  # .grad averages this rank's slice
+        )
+        self._in_flight: deque[tuple[Tensor, Tensor, bool]] = deque()  # drawn, still with the workers
+        self._loader = self._weighted_loader()
         self.steps = 0
         self.index: Tensor | None = None  # the batch being trained: its dataset indices
         self.weight: Tensor | None = None  # and its sampling weights 1 / (N p)
-        self._drawn: deque[tuple[Tensor, Tensor]] = deque()  # drawn, not yet begun
-        self._replay: list[tuple[Tensor, Tensor]] = []  # drawn before a checkpoint, not trained
+        self._drawn_active = False  # whether that batch was an importance draw
+        self._drawn: deque[tuple[Tensor, Tensor, bool]] = deque()  # drawn, not yet begun
+        self._replay: list[tuple[Tensor, Tensor, bool]] = []  # drawn before a checkpoint, not trained
         self._reduction = "mean"
         # Trainers that fetch ahead (Lightning) call begin_batch() themselves.
         self.fetches_ahead = False
+
+    def _source(self, dataloader: DataLoader) -> None:
+        """Take the dataset, collate function and worker settings of ``dataloader``."""
+        self.dataset = dataloader.dataset
+        self.collate_fn = dataloader.collate_fn
+        self._kept = {name: getattr(dataloader, name) for name in _KEPT}
+        if dataloader.num_workers > 0:
+            self._kept["prefetch_factor"] = dataloader.prefetch_factor
+
+    def _weighted_loader(self) -> DataLoader:
+        return DataLoader(
+            WeightedDataset(self.dataset),
+            batch_sampler=_LoggedDraws(
+                self.sampler, RankSlice(self.sampler, self.ctx.world, self.ctx.rank), self._in_flight
+            ),
+            collate_fn=weighted_collate(self.collate_fn),
+            **self._kept,
+        )
+
+    def _scorer(self, loss_fn: PerSequenceLoss, model: nn.Module):
+        device = next(self.output_layer.parameters()).device
+        scorer = output_layer_scorer(
+            model, self.output_layer, loss_fn, lambda i: to_device(self.fetch(i), device)
+        )
+
+        def score_fn(index: Tensor) -> Tensor:
+            with self.norms.paused():
+                return scorer(index)
+
+        return score_fn
+
+    def rebind(self, dataloader: DataLoader) -> None:
+        """Draw from a reloaded ``DataLoader`` of the same dataset size, keeping every factor.
+
+        Lightning's ``reload_dataloaders_every_n_epochs`` builds a new loader each time; the
+        sampler, the miner and the hooks stay, so the switch and the factors carry on.
+        """
+        _check_loader(dataloader, None, None)
+        check(
+            len(dataloader.dataset) == len(self.dataset),
+            f"the reloaded dataset has {len(dataloader.dataset)} sequences, not {len(self.dataset)}: seqis "
+            "keeps a factor per sequence, so the training set may not change size between epochs",
+        )
+        self._source(dataloader)
+        self._loader = self._weighted_loader()
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -134,14 +168,14 @@ class ImportanceLoader:
         self._drawn.clear()
         self._in_flight.clear()
         replay, self._replay = self._replay, []
-        for index, weight in replay:  # batches drawn before a checkpoint, exactly as drawn
-            yield self._arrived(self.fetch(index), index, weight)
-        for batch, index, weight in self._loader:
-            self._in_flight.popleft()  # batches arrive in the order they were drawn
-            yield self._arrived(batch, index, weight)
+        for drawn in replay:  # batches drawn before a checkpoint, exactly as drawn
+            yield self._arrived(self.fetch(drawn[0]), drawn)
+        for batch, _, _ in self._loader:
+            drawn = self._in_flight.popleft()  # batches arrive in the order they were drawn
+            yield self._arrived(batch, drawn)
 
-    def _arrived(self, batch: Any, index: Tensor, weight: Tensor) -> Any:
-        self._drawn.append((index, weight))
+    def _arrived(self, batch: Any, drawn: tuple[Tensor, Tensor, bool]) -> Any:
+        self._drawn.append(drawn)
         if not self.fetches_ahead:
             self.begin_batch()
         return batch
@@ -150,7 +184,9 @@ class ImportanceLoader:
         """Make the oldest fetched batch the one being trained (called by fetch-ahead trainers)."""
         if not self._drawn:
             raise RuntimeError("begin_batch(): no batch has been fetched")
-        self.index, self.weight = self._drawn.popleft()
+        self.index, self.weight, self._drawn_active = self._drawn.popleft()
+        self.norms.reset()
+        self.grad_sq.reset()
 
     # -- per step --------------------------------------------------------------------------
     def weigh(self, per_sequence_loss: Tensor, reduction: str = "mean") -> Tensor:
@@ -171,30 +207,39 @@ class ImportanceLoader:
     def step(self, batch_grad_sq: float | None = None, read_grad: bool = True) -> None:
         """After the backward pass: record this batch's factors, then refresh and switch.
 
-        The noise scale reads the output layer's gradient as it is now (before ``zero_grad``;
-        after clipping, if you clip); pass ``batch_grad_sq`` yourself, or ``read_grad=False``
-        when ``.grad`` is not this batch's own (gradient accumulation).
+        The noise scale reads the output layer's gradient as the backward pass left it, before
+        any clipping (hooks); pass ``batch_grad_sq`` yourself (the squared norm of the mean-loss
+        gradient), or ``read_grad=False`` when the gradient is not this batch's own (gradient
+        accumulation).
         """
         if self.index is None:
             raise RuntimeError("step() before a batch: iterate the loader first")
         if batch_grad_sq is None and read_grad:
-            grads = [p.grad for p in self.output_layer.parameters() if p.grad is not None]
-            batch_grad_sq = float(sum(g.pow(2).sum() for g in grads)) if grads else None
-        weight, reduction = self.weight, self._reduction
-        self.miner.harvest(
-            self.index,
-            lambda k: self.norms.compute(weight, reduction, count=k),
-            self.steps,
-            weight,
-            batch_grad_sq,
-        )
-        self.miner.after_step(self.steps)
+            batch_grad_sq = self.grad_sq.value()
+            if batch_grad_sq is not None and self._reduction == "sum":
+                batch_grad_sq /= len(self.weight) ** 2  # the noise scale wants the mean's gradient
+        if self.miner is not None:
+            weight, reduction = self.weight, self._reduction
+            self.miner.harvest(
+                self.index,
+                lambda k: self.norms.compute(weight, reduction, count=k),
+                self.steps,
+                weight,
+                batch_grad_sq,
+                drawn_active=self._drawn_active,
+            )
+            self.miner.after_step(self.steps)
         self.steps += 1
 
     @property
     def active(self) -> bool:
         """Whether importance sampling is on now (the switch may keep it uniform)."""
         return self.sampler.active
+
+    def close(self) -> None:
+        """Take seqis's hooks off the output layer."""
+        self.norms.remove()
+        self.grad_sq.remove()
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -206,65 +251,94 @@ class ImportanceLoader:
         pending = list(self._drawn) + list(self._in_flight)
         state = {
             "sampler": self.sampler.state_dict(),
-            "miner": self.miner.state_dict(),
+            "miner": self.miner.state_dict() if self.miner is not None else None,
             "steps": self.steps,
             "pending": self.ctx.gather_object(pending),  # collective under DDP: all ranks save
         }
-        return _weights_only_safe(state)
+        return encode_state(state)
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next batches are the ones drawn before the checkpoint, then new draws."""
-        state = _from_weights_only_safe(state)
+        state = decode_state(state)
         pending = state["pending"]
         if len(pending) != self.ctx.world:
             raise ValueError(
                 f"this state was saved by {len(pending)} process(es), this run has {self.ctx.world}"
             )
         self.sampler.load_state_dict(state["sampler"])
-        self.miner.load_state_dict(state["miner"])
+        if self.miner is not None:
+            self.miner.load_state_dict(state["miner"])
         self.steps = state["steps"]
-        self._replay = [(torch.as_tensor(i), torch.as_tensor(w)) for i, w in pending[self.ctx.rank]]
+        self._replay = [
+            (torch.as_tensor(i), torch.as_tensor(w), bool(a)) for i, w, a in pending[self.ctx.rank]
+        ]
+
+
+def _check_loader(dataloader: DataLoader, loss_fn: Any, model: Any) -> None:
+    if not isinstance(dataloader, DataLoader):
+        raise TypeError(f"ImportanceLoader wraps a torch DataLoader, got {type(dataloader).__name__}")
+    if dataloader.batch_size is None:
+        raise ValueError("ImportanceLoader needs the DataLoader's batch_size (it brings its own sampler)")
+    if not hasattr(dataloader.dataset, "__getitem__"):
+        raise TypeError("ImportanceLoader needs a map-style dataset (one with __getitem__ and __len__)")
+    if (loss_fn is None) != (model is None):
+        raise ValueError("refresh needs both loss_fn and model (or neither)")
+
+
+def _check_config(config: MiningConfig) -> None:
+    """What a loop seqis does not own cannot be honoured here: refused, not ignored."""
+    check(
+        config.factor == "fim",
+        f"ImportanceLoader mines output-layer gradient norms from hooks (the fim factor, for any loss); "
+        f"the {config.factor} factor needs seqis train",
+    )
+    check(
+        config.lr_scale == "none",
+        "lr_scale changes the learning rate, which your loop (or scheduler) owns: refused here",
+    )
+
+
+class _PreClipGradSq:
+    """The squared norm of a layer's gradient as each backward pass leaves it, before any clipping."""
+
+    def __init__(self, layer: nn.Module):
+        self._parts: dict[int, Tensor] = {}
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._record) for p in layer.parameters() if p.requires_grad
+        ]
+        self._count = len(self._handles)
+
+    def _record(self, param: Tensor) -> None:
+        self._parts[id(param)] = param.grad.detach().pow(2).sum()
+
+    def reset(self) -> None:
+        self._parts.clear()
+
+    def value(self) -> float | None:
+        """None until every parameter of the layer has received its gradient."""
+        if len(self._parts) < self._count:
+            return None
+        return float(sum(self._parts.values()))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
 class _LoggedDraws(torch.utils.data.Sampler):
-    """The sampler's batches, each also logged until it arrives: a checkpoint must know what
-    the workers hold, or those draws would be lost on resume."""
+    """This rank's slices of the sampler's batches, each also logged (with whether it was an
+    importance draw) until it arrives: a checkpoint must know what the workers hold, or those
+    draws would be lost on resume."""
 
-    def __init__(self, sampler: ImportanceSampler, log: deque):
-        self.sampler, self.log = sampler, log
+    def __init__(self, sampler: Any, slices: RankSlice, log: deque):
+        self.sampler, self.slices, self.log = sampler, slices, log
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.slices)
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
-        for pairs in self.sampler:
+        for pairs in self.slices:
             index, weight = zip(*pairs, strict=True)
-            self.log.append((torch.tensor(index), torch.tensor(weight)))
+            self.log.append((torch.tensor(index), torch.tensor(weight), self.sampler.active))
             yield pairs
-
-
-# Checkpoints (Lightning's among them) load with torch.load(weights_only=True), which refuses
-# numpy objects: arrays travel as tensors in a marked dict, numpy scalars as Python numbers.
-_ARRAY = "__seqis_ndarray__"
-
-
-def _weights_only_safe(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return {_ARRAY: torch.from_numpy(obj.copy())}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: _weights_only_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_weights_only_safe(v) for v in obj)
-    return obj
-
-
-def _from_weights_only_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {_ARRAY}:
-            return obj[_ARRAY].numpy()
-        return {k: _from_weights_only_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_from_weights_only_safe(v) for v in obj)
-    return obj

@@ -3,12 +3,14 @@
 Each race is one ``seqis compare`` run written to ``docs/results/NAME/``. Races run one at
 a time, with one thread, and a race whose folder already holds every run of the same
 arguments is skipped (``--force`` runs it again). The tables in ``docs/results/README.md``
-and in the top-level README (between ``results:begin`` and ``results:end``) are rebuilt
-from the races' ``summary.json`` files.
+and in the top-level README (between ``results:begin`` and ``results:end``; the rest of both
+files is written by hand) are rebuilt from the races' ``summary.json`` files.
 
-    python -m seqis.experiments.results                        # every race not yet current
-    python -m seqis.experiments.results --only fashion-mnist   # one race
-    python -m seqis.experiments.results --summarize            # reports and tables, no training
+    python scripts/results.py                        # every race not yet current
+    python scripts/results.py --only fashion-mnist   # one race
+    python scripts/results.py --summarize            # reports and tables, no training
+
+A script, not part of the package: it knows this repository's layout and drives the CLI.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from seqis.experiments.compare import FRACTIONS, write_report
+from seqis.experiments.analysis import FRACTIONS
+from seqis.experiments.report import write_report
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parent.parent  # the repository: this file is ROOT/scripts/results.py
 RESULTS = Path("docs") / "results"  # relative: reports show the command as a user types it
 COMMON = "--threads 1 --no-progress"
 GRU = "--model gru --hidden 128 --layers 1 --batch-size 64"
@@ -185,8 +188,16 @@ NOTE = (
     "the learning rate re-tuned, from the output layer's noise scale and the delivered variance cut "
     "(see docs/method.md); compare it with the bracketed step ratios. Full tables, ranges and plots are "
     "in each race's report. Regenerate with `make results` (race by race: "
-    "`python -m seqis.experiments.results --only NAME`; tables only: `--summarize`)."
+    "`python scripts/results.py --only NAME`; tables only: `--summarize`)."
 )
+# The top-level README's block is shorter: the newcomer gets the table, the details one link away.
+SHORT_NOTE = (
+    "Uniform's wall-clock time to a target / the sampler's, median over seeds paired by seed, each "
+    "sampler at its own best learning rate; in brackets the same ratio in training steps; above 1 is "
+    "faster; * = a bound (some run never reached the target). How to read every column: "
+    "[docs/results/README.md](docs/results/README.md). Regenerate with `make results`."
+)
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _race_seconds(name: str) -> float:
@@ -200,14 +211,26 @@ def total_minutes() -> float:
     return sum(_race_seconds(name) for name in EXPERIMENTS) / 60
 
 
+def replace_block(path: Path, block: str) -> None:
+    """Put ``block`` between the results markers of ``path``; the hand-written rest stays.
+
+    A file without the markers (a fresh checkout's docs, a test's folder) gets a title and
+    the block only.
+    """
+    wrapped = f"{BEGIN}\n{block}\n{END}"
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        text = re.sub(f"{BEGIN}.*{END}", lambda _: wrapped, text, flags=re.S)
+    else:
+        text = f"# Results\n\n{wrapped}\n"
+    path.write_text(text)
+
+
 def write_tables() -> None:
+    """The results tables of ``docs/results/README.md`` and of the top-level README."""
     duration = f"All races together took {total_minutes():.0f} minutes on the machine named in their reports."
-    (ROOT / RESULTS / "README.md").write_text(f"# Results\n\n{NOTE}\n\n{summarize()}\n\n{duration}\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"<!-- results:begin -->\n{NOTE}\n\n{summarize('docs/results/')}\n<!-- results:end -->"
-    text = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
-    readme.write_text(text)
+    replace_block(ROOT / RESULTS / "README.md", f"{NOTE}\n\n{summarize()}\n\n{duration}")
+    replace_block(ROOT / "README.md", f"{SHORT_NOTE}\n\n{summarize('docs/results/')}")
 
 
 def main(argv: list[str] | None = None) -> None:

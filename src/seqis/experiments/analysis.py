@@ -1,0 +1,262 @@
+"""A race's numbers: pure functions over run records (no plots, no markdown, no training).
+
+A run record is a run's ``summary.json`` fields (see ``load_runs``) plus ``rows``, its
+``metrics.csv``. Time-to-target is the training clock at the first validation at or below
+the target. A run that never reaches a target is *censored*: its time is at least its whole
+run, so the speedup computed with that time is a bound (an upper bound when the sampler
+missed, a lower bound when uniform missed). Censored pairs are kept and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from seqis.errors import ConfigError
+from seqis.importance.noise import fixed_lr_step_gain
+from seqis.training.metrics import read_metrics
+
+FRACTIONS = (0.3, 0.6, 0.9, 1.0)
+# Each race metric and whether lower or higher is better.
+METRICS = {"val_loss": min, "train_eval_loss": min, "val_acc": max}
+# The fields of the switch's histories in a run's summary, in the order old summaries listed them.
+NOISE_FIELDS = (
+    "step",
+    "active",
+    "noise_scale",
+    "variance_cut",
+    "predicted_step_gain",
+    "predicted_step_gain_lr_retuned",
+)
+GAIN_FIELDS = ("step", "gain", "active")
+# The summary fields a run record keeps.
+RECORD_KEYS = (
+    "sampler",
+    "seed",
+    "steps",
+    "wall_time_s",
+    "final_val_loss",
+    "final_val_acc",
+    "final_train_eval_loss",
+    "mining_share",
+    "mining_time_s",
+    "is_active_share",
+    "clipped_share",
+    "factor_ceiling",
+    "estimated_gain_last",
+    "init_params_sha256",
+    "params_sha256",
+    "steps_per_s",
+)
+
+
+def reached(value: float, target: float, metric: str = "val_loss") -> bool:
+    """Whether ``value`` is at or past ``target`` in the metric's better direction."""
+    return value >= target if METRICS[metric] is max else value <= target
+
+
+def time_to_target(
+    rows: list[dict], target: float, key: str = "wall_time_s", metric: str = "val_loss"
+) -> float | None:
+    """The clock (``wall_time_s`` or ``step``) of the first evaluation that reaches ``target``."""
+    for row in rows:
+        value = row.get(metric)
+        if value is not None and reached(value, target, metric):
+            return row[key]
+    return None
+
+
+def running_best(rows: list[dict], when: float, key: str = "step", metric: str = "val_loss") -> float | None:
+    """The best value of ``metric`` evaluated by ``when`` (a step or a time)."""
+    seen = [r[metric] for r in rows if r[key] <= when and r.get(metric) is not None]
+    return METRICS[metric](seen) if seen else None
+
+
+def auto_targets(
+    uniform_runs: list[list[dict]], metric: str = "val_loss", fractions: tuple[float, ...] = FRACTIONS
+) -> list[float]:
+    """Uniform's running best at each fraction of its steps, median over seeds.
+
+    The last (100%) target is uniform's best: about half of uniform's own seeds reach it.
+    Where uniform stopped improving (it overfits), later targets repeat earlier ones.
+    """
+    targets: list[float] = []
+    for f in fractions:
+        values = [running_best(rows, f * rows[-1]["step"], "step", metric) for rows in uniform_runs]
+        targets.append(round(statistics.median(v for v in values if v is not None), 6))
+    return targets
+
+
+def parse_targets(text: str) -> list[float]:
+    """``--targets``: comma-separated positive numbers (``auto`` is handled by the caller)."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--targets must be 'auto' or comma-separated numbers: {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise ConfigError(f"--targets must be positive numbers: {text!r}")
+    return values
+
+
+def _pair_stats(ratios: list[float], censored: int, unresolved: int) -> dict:
+    return {
+        "median": statistics.median(ratios) if ratios else None,
+        "min": min(ratios) if ratios else None,
+        "max": max(ratios) if ratios else None,
+        "n": len(ratios),
+        "censored": censored,
+        "neither_reached": unresolved,
+    }
+
+
+def _paired_ratios(pairs: list[tuple[dict, dict]], target: float, key: str, metric: str) -> dict:
+    """Uniform's time-to-target / the sampler's for each (uniform, sampler) pair of one seed."""
+    total = {"wall_time_s": "wall_time_s", "step": "steps"}[key]
+    ratios, censored, unresolved = [], 0, 0
+    for u, s in pairs:
+        tu = time_to_target(u["rows"], target, key, metric)
+        ts = time_to_target(s["rows"], target, key, metric)
+        if (tu is None and ts is None) or tu == 0 or ts == 0:  # 0: met before training
+            unresolved += 1
+            continue
+        if tu is None or ts is None:
+            censored += 1
+        tu = tu if tu is not None else u[total]
+        ts = ts if ts is not None else s[total]
+        ratios.append(tu / ts)
+    return _pair_stats(ratios, censored, unresolved)
+
+
+def speedups(
+    records: list[dict], targets: list[float], key: str = "wall_time_s", metric: str = "val_loss"
+) -> dict:
+    """``speedup[sampler][target]``: uniform's time-to-target / the sampler's, paired by seed.
+
+    With ``key="step"`` the same in training steps: the algorithmic gain, free of per-step
+    cost and of timing noise.
+    """
+    by_seed = {(r["sampler"], r["seed"]): r for r in records}
+    samplers = [s for s in dict.fromkeys(r["sampler"] for r in records) if s != "uniform"]
+    seeds = sorted({r["seed"] for r in records})
+    result: dict = {}
+    for sampler in samplers:
+        pairs = [(by_seed.get(("uniform", seed)), by_seed.get((sampler, seed))) for seed in seeds]
+        pairs = [(u, s) for u, s in pairs if u is not None and s is not None]
+        result[sampler] = {str(t): _paired_ratios(pairs, t, key, metric) for t in targets}
+    return result
+
+
+def best_lrs(records: list[dict], metric: str = "val_loss") -> dict[str, float]:
+    """Each sampler's learning rate with the best median (over seeds) of its best ``metric``."""
+    scores: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        best = running_best(r["rows"], float("inf"), metric=metric)
+        if best is not None:
+            scores.setdefault(r["sampler"], {}).setdefault(r["lr"], []).append(best)
+    pick = METRICS[metric]
+    return {
+        sampler: pick(per_lr, key=lambda lr: statistics.median(per_lr[lr]))
+        for sampler, per_lr in scores.items()
+    }
+
+
+def history_record(row: list | tuple | dict, fields: tuple[str, ...] = NOISE_FIELDS) -> dict:
+    """One row of a summary's ``noise_history`` (or, with ``GAIN_FIELDS``, ``gain_history``), named.
+
+    Newer summaries store rows as records already; older ones as lists in ``fields``' order,
+    and the oldest noise rows lack the prediction at uniform's learning rate (they hold only
+    the re-tuned gain, fifth), which becomes None.
+    """
+    if isinstance(row, dict):
+        return {f: row.get(f) for f in fields}
+    values = list(row)
+    if fields == NOISE_FIELDS and len(values) == len(fields) - 1:
+        values.insert(fields.index("predicted_step_gain"), None)
+    return dict(zip(fields, values, strict=True))
+
+
+def predicted_while_on(summary: dict) -> dict:
+    """Median predicted step gains (uniform's lr, lr re-tuned) over decisions that left IS on.
+
+    The gain at uniform's lr is computed from the median re-tuned one (2 - 1/G), so that runs
+    recorded before the fixed-lr prediction existed report it too.
+    """
+    records = [history_record(row) for row in summary.get("noise_history", [])]
+    retuned = [
+        r["predicted_step_gain_lr_retuned"]
+        for r in records
+        if r["active"] and r["predicted_step_gain_lr_retuned"] is not None
+    ]
+    tuned = statistics.median(retuned) if retuned else None
+    return {
+        "predicted_step_gain": fixed_lr_step_gain(tuned) if tuned is not None else None,
+        "predicted_step_gain_lr_retuned": tuned,
+    }
+
+
+def run_record(summary: dict, rows: list[dict]) -> dict:
+    """A run record: the summary's ``RECORD_KEYS``, its lr, its predicted gains and its metrics rows."""
+    return {
+        **{k: summary.get(k) for k in RECORD_KEYS},
+        "lr": summary["config"]["lr"],
+        **predicted_while_on(summary),
+        "rows": rows,
+    }
+
+
+def load_runs(out: Path) -> list[dict]:
+    """Run records from ``out/runs/*`` (finished runs only: those with a ``summary.json``)."""
+    records = []
+    for run_dir in sorted((Path(out) / "runs").iterdir()):
+        if (run_dir / "summary.json").exists():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            records.append(run_record(summary, read_metrics(run_dir / "metrics.csv")))
+    if not records:
+        raise RuntimeError(f"no finished runs in {Path(out) / 'runs'}")
+    return records
+
+
+def check_same_init(records: list[dict]) -> None:
+    """Refuse a race whose samplers of one seed and lr started from different parameters."""
+    init: dict = {}
+    for r in records:
+        init.setdefault((r["seed"], r["lr"]), set()).add(r["init_params_sha256"])
+    if any(len(v) > 1 for v in init.values()):
+        raise RuntimeError("samplers of one seed started from different parameters")
+
+
+def tuned_runs(records: list[dict], best_lr: dict[str, float]) -> list[dict]:
+    """The records of each sampler at its own best learning rate."""
+    return [r for r in records if r["lr"] == best_lr[r["sampler"]]]
+
+
+def analyse(meta: dict, records: list[dict]) -> dict:
+    """A race's summary (without its markdown tables): ``race.json``'s fields, then the numbers.
+
+    Tuned vs tuned: every sampler is compared at its own best learning rate, to targets taken
+    from uniform's runs at its best one.
+    """
+    check_same_init(records)
+    tuned = best_lrs(records)
+    chosen = tuned_runs(records, tuned)
+    uniform_rows = [r["rows"] for r in chosen if r["sampler"] == "uniform"]
+    metrics = [m for m in METRICS if any(row.get(m) is not None for rows in uniform_rows for row in rows)]
+    spec = meta["targets"]
+    targets = {m: auto_targets(uniform_rows, m) for m in metrics}
+    if spec != "auto":
+        targets["val_loss"] = parse_targets(spec)
+    result = {
+        **meta,
+        "targets_spec": spec,
+        "best_lr": tuned,
+        "metrics": metrics,
+        "targets": targets,
+        "speedup": {m: speedups(chosen, targets[m], "wall_time_s", m) for m in metrics},
+        "step_speedup": {m: speedups(chosen, targets[m], "step", m) for m in metrics},
+        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in records],
+    }
+    for r, rec in zip(result["runs"], records, strict=True):
+        r["tuned"] = rec["lr"] == tuned[rec["sampler"]]
+        r["best"] = {m: running_best(rec["rows"], float("inf"), metric=m) for m in metrics}
+    return result

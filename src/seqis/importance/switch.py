@@ -1,0 +1,209 @@
+"""The on/off switch: one home for the gains, the noise scale's use, ``pays()`` and the lr rule.
+
+Under uniform draws the harvested factors are a uniform sample of the factor distribution,
+so they estimate, for free, how much importance sampling would cut the per-sample gradient
+second moment:
+
+    gain = E[s^2] / E[s^2 / ((1 - alpha) s / E[s] + alpha)]    (= E[s^2]/E[s]^2 at alpha=0)
+
+That cut becomes fewer steps only where gradient noise limits progress: with the noise scale
+B (:mod:`seqis.importance.noise`) it predicts 2 - 1/G fewer steps at the learning rate the run
+keeps, G = (1 + B/b)/(1 + B/(b g)) with the learning rate re-tuned. The switch turns importance
+sampling on when that predicted step gain beats mining's predicted cost (:func:`mining_cost`),
+and, while B is unknown (or meaningless for the factor: B needs gradient norms), when
+``gain >= min_gain``. While on, the harvest is importance-drawn with weights w = 1/(N p), and
+the cut the current (partly stale) distribution delivers is
+
+    gain = E_p[w s^2] / E_p[w^2 s^2]    (uniform's second moment / importance sampling's)
+
+IS switches off when that falls below ``min_gain_off``. With cost-aware draws (p ~ s/sqrt(c))
+both gains are of variance x expected cost per step, so the on- and the off-decision judge the
+same distribution and the switch does not flap.
+
+``seqis diagnose`` judges a trained model with the same :meth:`Switch.pays`, so the two cannot
+disagree. Every decision depends on step counts and factors, never on measured time, so a run
+is reproducible and resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from seqis.importance.config import LR_RULES, PRESAMPLE_RATIO, MiningConfig
+from seqis.importance.noise import predicted_step_gain
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One switch decision: after ``step`` steps, the gain it judged and the state it chose."""
+
+    step: int
+    gain: float
+    active: bool
+
+
+@dataclass(frozen=True)
+class NoiseRecord:
+    """The noise figures after a decision (None while not yet identifiable)."""
+
+    step: int
+    active: bool
+    noise_scale: float | None
+    variance_cut: float | None
+    predicted_step_gain: float | None
+    predicted_step_gain_lr_retuned: float | None
+
+
+def as_records(rows: list) -> list[dict]:
+    """History rows as JSON-ready dicts."""
+    return [asdict(row) for row in rows]
+
+
+# -- gains ------------------------------------------------------------------------------------
+def estimated_gain(factors: np.ndarray, smoothing: float, costs: np.ndarray | None = None) -> float:
+    """Uniform's second moment / importance sampling's, for p mixed with uniform, from a uniform sample.
+
+    With ``costs`` p follows s/sqrt(c), and the gain is of variance x expected cost per step.
+    """
+    s = np.asarray(factors, dtype=np.float64)
+    good = np.isfinite(s) & (s >= 0)
+    s = s[good]
+    if s.size < 2 or s.mean() <= 0:
+        return 1.0
+    if costs is None:
+        mix = (1.0 - smoothing) * s / s.mean() + smoothing
+        return float(np.mean(s**2) / np.mean(s**2 / mix))
+    c = np.asarray(costs, dtype=np.float64)[good]
+    r = s / np.sqrt(c)
+    n_p = (1.0 - smoothing) * r / r.mean() + smoothing  # N p_i
+    return float(np.mean(s**2) * np.mean(c) / (np.mean(s**2 / n_p) * np.mean(n_p * c)))
+
+
+def ceiling(factors: np.ndarray) -> float:
+    """E[s^2] / E[s]^2: the most importance sampling with p proportional to s could gain."""
+    return estimated_gain(factors, 0.0)
+
+
+def delivered_gain(factors: np.ndarray, weights: np.ndarray, costs: np.ndarray | None = None) -> float:
+    """E_p[w s^2] / E_p[w^2 s^2] from importance-drawn factors ``s`` with weights ``w = 1/(N p)``.
+
+    With ``costs``, times E_p[w c] / E_p[c]: uniform's expected cost per step over the drawn one.
+    """
+    s2 = np.asarray(factors, dtype=np.float64) ** 2
+    w = np.asarray(weights, dtype=np.float64)
+    denominator = float(np.sum(w * w * s2))
+    if denominator <= 0:
+        return 1.0
+    gain = float(np.sum(w * s2)) / denominator
+    if costs is not None:
+        c = np.asarray(costs, dtype=np.float64)
+        gain *= float(np.mean(w * c)) / float(np.mean(c))
+    return gain
+
+
+def weighted_ceiling(factors: np.ndarray, weights: np.ndarray) -> float:
+    """E[s^2] / E[s]^2 under uniform sampling, from a sample drawn with weights ``w = 1/(N p)``."""
+    s, w = np.asarray(factors, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    mean = float(np.sum(w * s) / np.sum(w))
+    return float(np.sum(w * s * s) / np.sum(w)) / mean**2 if mean > 0 else 1.0
+
+
+def mining_cost(config: MiningConfig, refreshes: bool) -> float:
+    """Mining's predicted share of step time while IS is on.
+
+    Refresh costs ``refresh_fraction`` forward passes per trained sequence (when a scorer exists);
+    presampling scores ``PRESAMPLE_RATIO`` candidates per trained sequence, every step.
+    """
+    cost = config.harvest_cost
+    if refreshes:
+        cost += config.refresh_share * config.forward_cost
+    if config.sampler == "presample":
+        cost += PRESAMPLE_RATIO * config.forward_cost
+    return cost
+
+
+class Switch:
+    """Decides when importance sampling pays, and the learning-rate multiplier that goes with it.
+
+    Example:
+        >>> switch = Switch(MiningConfig(), batch_size=64, cost=0.07)
+        >>> switch.pays(gain=1.5, noise_scale=300.0)
+        True
+    """
+
+    def __init__(self, config: MiningConfig, batch_size: int, cost: float):
+        self.config, self.batch_size, self.cost = config, batch_size, cost
+        self.history: list[Decision] = []
+        self.predicted_gain = 1.0  # the latest fresh-factor gain, while IS is off
+        self.lr_multiplier = 1.0
+
+    def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
+        """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
+        retuned = self.config.lr_scale != "none"
+        return predicted_step_gain(noise_scale, gain, self.batch_size, retuned)
+
+    def pays(self, gain: float, noise_scale: float | None) -> bool:
+        """Switch on: the predicted step gain beats mining's cost; by ``min_gain`` while B is unknown."""
+        step_gain = self.predicted_step_gain(gain, noise_scale)
+        if step_gain is None:
+            return gain >= self.config.min_gain
+        return step_gain >= 1.0 + self.cost
+
+    def decide(self, step: int, active: bool, sample: HarvestSample, noise_scale: float | None) -> bool:
+        """The state after ``step`` steps, from the fresh harvest of the regime in use."""
+        if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
+            return True
+        if active:
+            gain = delivered_gain(sample.factors, sample.weights, sample.costs)
+            now = gain >= self.config.min_gain_off
+        else:
+            gain = estimated_gain(sample.factors, self.config.smoothing, sample.costs)
+            self.predicted_gain = gain
+            now = self.pays(gain, noise_scale)
+        self.history.append(Decision(step, gain, now))
+        return now
+
+    def update_lr_multiplier(self, variance_cut: float | None, active: bool) -> None:
+        """Move the lr multiplier towards rule(g) while IS is on (1 while off), bounded, smoothed."""
+        power = LR_RULES[self.config.lr_scale]
+        if power is None:
+            return
+        cut = variance_cut if active else None
+        target = 1.0 if cut is None else min(max(cut, 1.0) ** power, self.config.lr_scale_max)
+        self.lr_multiplier = 0.7 * self.lr_multiplier + 0.3 * target
+
+    def state_dict(self) -> dict:
+        return {
+            "history": as_records(self.history),
+            "predicted_gain": self.predicted_gain,
+            "lr_multiplier": self.lr_multiplier,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [Decision(**row) for row in state["history"]]
+        self.predicted_gain = state["predicted_gain"]
+        self.lr_multiplier = state["lr_multiplier"]
+
+
+@dataclass
+class HarvestSample:
+    """Scale-normalised factors, weights and costs of the recent harvests (the switch's sample)."""
+
+    steps: np.ndarray
+    factors: np.ndarray
+    weights: np.ndarray
+    costs: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls) -> HarvestSample:
+        return cls(np.empty(0), np.empty(0), np.empty(0))
+
+    def __len__(self) -> int:
+        return int(self.factors.size)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,84 @@
+"""One wiring: the sampler and the miner a :class:`MiningConfig` asks for, built together.
+
+``seqis train``, :class:`~seqis.training.own_loop.ImportanceLoader` and the Lightning
+callback all build their sampling here, so each honours every setting or refuses it here,
+with the same one-line :class:`~seqis.errors.ConfigError`. One distributed style: the
+sampler is single-replica (it draws the global batch), the caller trains its rank's slice,
+and the miner gathers every rank's factors before recording them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from seqis.distributed import DistContext
+from seqis.importance.config import PRESAMPLE_RATIO, MiningConfig
+from seqis.importance.mining import Miner
+from seqis.options import check
+from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, PruningSampler, UniformBatchSampler
+
+Sampler = UniformBatchSampler  # every sampler derives from it
+
+
+def sampling_for(
+    config: MiningConfig,
+    indices: Tensor,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    score_fn: Callable[[Tensor], Tensor] | None = None,
+    lengths: Tensor | None = None,
+    ctx: DistContext | None = None,
+    total_steps: int | None = None,
+    grad_batch_size: int | None = None,
+) -> tuple[Sampler, Miner | None]:
+    """The sampler drawing global batches of ``batch_size`` from ``indices``, and its miner.
+
+    ``score_fn`` (dataset indices -> factors, forward-only) refreshes importance factors and
+    scores presampling's candidates; ``lengths`` (by dataset index) orders refresh batches and
+    are cost-aware draws' costs; ``total_steps`` places ``anneal`` and ``prune_anneal``.
+    Uniform sampling has no miner.
+
+    Example:
+        >>> sampler, miner = sampling_for(MiningConfig(sampler="fim"), torch.arange(1000), 64)
+    """
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    _check(config, score_fn, lengths, total_steps)
+    if config.sampler == "uniform":
+        return UniformBatchSampler(indices, batch_size, seed=seed), None
+    if config.sampler == "prune":
+        sampler = PruningSampler(
+            indices,
+            batch_size,
+            config.prune_ratio,
+            seed=seed,
+            total_steps=total_steps,
+            anneal=config.prune_anneal,
+        )
+    elif config.sampler == "presample":
+        sampler = PresamplingSampler(indices, batch_size, config.smoothing, seed=seed, ratio=PRESAMPLE_RATIO)
+    else:
+        costs = lengths[indices] if config.cost_aware else None
+        sampler = ImportanceSampler(indices, batch_size, config.smoothing, seed=seed, costs=costs)
+    # Pruning is decided per epoch from the latest factor of every trained sequence and
+    # presampling scores fresh candidates: neither refreshes a store (refresh_share is 0).
+    miner = Miner(sampler, config, score_fn, lengths, ctx, total_steps, grad_batch_size)
+    if config.sampler == "presample":
+        sampler.score_fn = lambda index: miner.score(index)
+    return sampler, miner
+
+
+def _check(
+    config: MiningConfig, score_fn: Callable | None, lengths: Tensor | None, total_steps: int | None
+) -> None:
+    """Settings this caller cannot honour are refused, never silently ignored."""
+    if config.anneal > 0 or (config.sampler == "prune" and config.prune_anneal > 0):
+        what = "--anneal" if config.anneal > 0 else "--prune-anneal"
+        check(total_steps is not None, f"{what} is a share of the planned steps: give the number of steps")
+    if config.cost_aware:
+        check(lengths is not None, "--cost-aware needs the sequences' lengths (its costs)")
+    if config.sampler == "presample":
+        check(score_fn is not None, "presampling scores candidates: it needs a forward-only score_fn")

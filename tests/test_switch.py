@@ -1,0 +1,157 @@
+"""The switch, the noise scale and the miner's regimes: one rule, unbiased inputs, no flapping."""
+
+import numpy as np
+import pytest
+import torch
+
+from seqis.errors import ConfigError
+from seqis.experiments.diagnose import judge, switch_for
+from seqis.importance.config import MiningConfig
+from seqis.importance.mining import Miner
+from seqis.importance.noise import NoiseScale
+from seqis.importance.switch import Switch, delivered_gain, estimated_gain, mining_cost
+from seqis.sampling.sampler import ImportanceSampler
+from seqis.training.config import TrainConfig
+from seqis.training.wiring import sampling_for
+
+
+def _moments(rng, true_b: float, batch: int):
+    """Factors with a known second moment, and the E|G_b|^2 a uniform batch of them has at noise scale B."""
+    s = rng.lognormal(0.0, 0.8, 4000)
+    m_u = float(np.mean(s**2))
+    g2 = m_u / (1.0 + true_b)  # tr(Sigma) / |G|^2 = (m_u - |G|^2) / |G|^2 = B
+    return s, g2 + (m_u - g2) / batch
+
+
+@pytest.mark.parametrize("true_b", [84.0, 200.0])
+def test_noise_scale_is_unbiased_while_importance_sampling_is_off(true_b):
+    s, batch_sq = _moments(np.random.default_rng(0), true_b, batch=64)
+    noise = NoiseScale(batch_size=64)
+    noise.observe_batch(batch_sq)
+    # uniform draws: weights 1, and the switch's predicted gain only shapes the predicted cut
+    noise.observe_samples(s, np.ones_like(s), 1.8)
+    assert noise.noise_scale == pytest.approx(true_b, rel=1e-9)
+    assert noise.variance_cut > 1.8  # a second-moment cut of 1.8 cuts the covariance by more
+
+
+def test_predicted_cut_of_the_off_state_decides_as_the_true_noise_scale_would():
+    s, batch_sq = _moments(np.random.default_rng(1), 200.0, batch=64)
+    noise = NoiseScale(batch_size=64)
+    noise.observe_batch(batch_sq)
+    noise.observe_samples(s, np.ones_like(s), 1.12)
+    switch = Switch(MiningConfig(), batch_size=64, cost=0.0683)
+    assert switch.pays(1.12, noise.noise_scale) is switch.pays(1.12, 200.0) is True
+
+
+def test_a_switch_restarts_the_batch_moments():
+    noise = NoiseScale(batch_size=8)
+    noise.observe_batch(1.0)
+    noise.observe_samples(np.array([1.0, 2.0]), np.ones(2), 1.5)
+    noise.regime_changed()
+    assert noise.batch_sq is None and noise.drawn_sq is None and noise.noise_scale is None
+    assert noise.uniform_sq is not None  # uniform's moment is unbiased in either regime
+
+
+@pytest.mark.parametrize("sampler", ["loss", "gradnorm", "prune"])
+def test_no_noise_scale_where_factors_are_not_gradient_norms(sampler):
+    config = MiningConfig(sampler=sampler)
+    _, miner = sampling_for(
+        config, torch.arange(50), 8, score_fn=lambda i: torch.ones(len(i)), total_steps=100
+    )
+    assert miner.noise is None
+    assert "the switch judges the gain" in miner.summary()["noise_scale_basis"]
+
+
+def test_presampling_pays_for_its_candidates_forward_passes():
+    importance, presample = MiningConfig(sampler="fim"), MiningConfig(sampler="gradnorm")
+    assert mining_cost(presample, refreshes=False) >= 1.0  # 3 candidates at 1/3 of a step each
+    on = Switch(importance, 64, mining_cost(importance, refreshes=True))
+    off = Switch(presample, 64, mining_cost(presample, refreshes=False))
+    assert on.pays(1.5, 300.0) and not off.pays(1.5, 300.0)
+
+
+def test_cost_aware_on_and_off_decisions_judge_the_same_distribution():
+    rng = np.random.default_rng(3)
+    n = 2000
+    lengths = rng.integers(5, 200, n).astype(float)
+    s = lengths**0.5 * rng.lognormal(0, 0.3, n)  # long sequences have larger factors
+    predicted = estimated_gain(s, 0.2, lengths)
+    sampler = ImportanceSampler(torch.arange(n), 256, smoothing=0.2, seed=0, costs=torch.tensor(lengths))
+    sampler.record(torch.arange(n), torch.tensor(s))
+    sampler.active = True
+    draws = [sampler.draw() for _ in range(200)]
+    idx = torch.cat([d[0] for d in draws]).numpy()
+    w = torch.cat([d[1] for d in draws]).double().numpy()
+    delivered = delivered_gain(s[idx], w, lengths[idx])
+    assert delivered == pytest.approx(predicted, rel=0.05)
+    # the gain of p ~ s (what the switch used to predict) is not what these draws deliver
+    assert abs(estimated_gain(s, 0.2) - delivered) > 0.05
+
+
+def test_annealed_tail_trains_at_the_users_learning_rate():
+    sampler = ImportanceSampler(range(100), 10)
+    config = MiningConfig(always_on=True, anneal=0.25, lr_scale="sqrt")
+    miner = Miner(sampler, config, total_steps=200)
+    miner.switch.lr_multiplier = 1.115  # scaled up while importance sampling was on
+    sampler.active = True
+    for step in range(140, 160):
+        miner.after_step(step)
+    assert not sampler.active and miner.lr_multiplier == 1.0
+
+
+def test_batches_drawn_in_the_other_regime_do_not_feed_the_switch():
+    sampler = ImportanceSampler(range(100), 8)
+    miner = Miner(sampler, MiningConfig(switch_every=1))
+    sampler.record(torch.arange(100), torch.rand(100))
+    sampler.active = True
+    # a batch the loader's workers drew while importance sampling was still off
+    miner.harvest(torch.arange(8), torch.rand(8), step=0, batch_grad_sq=1.0, drawn_active=False)
+    assert not miner._recent and miner.noise.batch_sq is None
+    assert sampler.scored_step[:8].tolist() == [0] * 8  # its factors are still recorded
+    miner.harvest(torch.arange(8, 16), torch.rand(8), step=1, batch_grad_sq=1.0)
+    assert len(miner._recent) == 1 and miner.noise.batch_sq == 1.0
+
+
+def test_switching_off_drops_the_on_state_moments():
+    sampler = ImportanceSampler(range(100), 8)
+    miner = Miner(sampler, MiningConfig(check_every=1, warmup_steps=1, min_gain_off=1.0))
+    sampler.record(torch.arange(100), torch.rand(100))
+    sampler.active = True
+    miner.harvest(torch.arange(8), torch.ones(8), step=0, weights=torch.full((8,), 3.0), batch_grad_sq=2.0)
+    miner.decide(0)  # equal factors, weights above 1: delivers less than 1, switches off
+    assert not sampler.active
+    assert miner.noise.drawn_sq is None and miner.noise.batch_sq is None and not miner._recent
+
+
+def test_diagnose_and_train_decide_with_one_rule():
+    config = TrainConfig(batch_size=64).with_sampler("fim")
+    assert switch_for(config).cost == pytest.approx(0.035 + 0.1 / 3)
+    # WordNet's recorded decision: B 160 at batch 64, a gain of ~1.12 (below min_gain 1.2)
+    s = np.where(np.arange(5000) % 10 == 0, 2.4, 1.0)
+    gain = estimated_gain(s, config.mining.smoothing)
+    assert 1.08 < gain < 1.2
+    verdict = judge(config, s, noise_scale=160.0)
+    assert verdict["is_pays"] is True is switch_for(config).pays(gain, 160.0)
+    assert "can pay" in verdict["verdict"]
+    for b_noise in (None, 5.0, 40.0, 160.0, 2000.0):
+        assert judge(config, s, b_noise)["is_pays"] == switch_for(config).pays(gain, b_noise)
+
+
+def test_each_option_is_checked_once_with_one_error_type():
+    with pytest.raises(ConfigError, match="--smoothing must be in"):
+        MiningConfig(smoothing=0)
+    with pytest.raises(ConfigError, match="--sampler fim means --sampler importance --factor fim"):
+        MiningConfig(sampler="fim", factor="loss")
+    with pytest.raises(ConfigError, match="--refresh-fraction applies to --sampler importance"):
+        MiningConfig(sampler="prune", refresh_fraction=0.2)
+    with pytest.raises(ConfigError, match="--cost-aware needs --pack"):
+        TrainConfig(mining=MiningConfig(cost_aware=True))
+    config = MiningConfig(sampler="gradnorm")
+    assert (config.sampler, config.factor, config.label, config.refresh_share) == (
+        "presample",
+        "gradnorm",
+        "gradnorm",
+        0,
+    )
+    assert MiningConfig(sampler="prune", factor="loss").label == "prune:loss"
+    assert TrainConfig().with_sampler("importance:loss").mining.label == "loss"
