@@ -221,7 +221,7 @@ def test_sigterm_saves_and_exits(tmp_path):
         (["train", "--data", "text:/no/such/file", "--steps", "1"], "no such file"),
         (["train", "--device", "cuda", "--steps", "1"], "CUDA is not available"),
         (["train", "--device", "tpu", "--steps", "1"], "unknown device"),
-        (["train", "--data", "digits"], "--steps N or --time-budget"),
+        (["train", "--data", "digits"], "--epochs E or --time-budget"),
         (["train", "--data", "digits", "--steps", "1", "--resume"], "no checkpoint"),
         (["train", "--smoothing", "0", "--steps", "1"], "(0, 1]"),
         (["train", "--min-gain-off", "2", "--steps", "1"], "must not exceed --min-gain"),

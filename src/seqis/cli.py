@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "each at its own best (tuned vs tuned)",
     )
     p.add_argument("--targets", default="auto", help="'auto' or comma-separated losses")
+    p.add_argument(
+        "--budgets",
+        help="the budget protocol: comma-separated shares of --steps/--epochs (e.g. 1,0.8,0.67,0.5); "
+        "every sampler and seed trains once per budget, its schedule decayed over it",
+    )
     return parser
 
 
@@ -167,7 +172,7 @@ def train_config(args, **overrides):
 
 
 # With '--resume RUN_DIR' the saved settings stand; these only say when to stop or how to show it.
-_RESUME_FLAGS = {"--resume", "--steps", "--time-budget", "--target-loss", "--no-progress"}
+_RESUME_FLAGS = {"--resume", "--steps", "--stop-at", "--time-budget", "--target-loss", "--no-progress"}
 
 
 def saved_config(args):
@@ -182,7 +187,7 @@ def saved_config(args):
     if extra:
         raise ConfigError(
             f"--resume RUN_DIR continues with the run's saved settings, threads included; "
-            f"{', '.join(extra)} cannot be changed (only --steps, --time-budget, --target-loss)"
+            f"{', '.join(extra)} cannot be changed (only --steps, --stop-at, --time-budget, --target-loss)"
         )
     path = Path(args.resume) / "config.json"
     try:
@@ -197,7 +202,10 @@ def saved_config(args):
         raise ConfigError(f"{path} was written by another version of seqis; it cannot be resumed") from None
     stops = {k: getattr(args, f"train__{k}") for k in ("steps", "time_budget", "target_loss")}
     stops = {k: v for k, v in stops.items() if v is not None}
-    return replace(config, out=args.resume, progress=args.train__progress, **stops)
+    # A segment's --stop-at is not a setting of the run: the resumed one goes on to the plan's end.
+    return replace(
+        config, out=args.resume, progress=args.train__progress, stop_at=args.train__stop_at, **stops
+    )
 
 
 def _cmd_train(args) -> int:
@@ -260,18 +268,38 @@ def _cmd_compare(args) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    lrs = None
-    if args.lrs:
-        try:
-            lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
-        if not lrs or any(not 0 < lr < float("inf") for lr in lrs):
-            raise ConfigError(f"--lrs must be positive numbers, got {args.lrs!r}")
-    result = compare(train_config(args), samplers, args.seeds, args.targets, args.command_line, lrs)
+    lrs = _learning_rates(args.lrs) if args.lrs else None
+    budgets = _numbers(args.budgets, "--budgets", upper=1.0) if args.budgets else None
+    config = train_config(args)
+    result = compare(config, samplers, args.seeds, args.targets, args.command_line, lrs, budgets)
     print(result["tables"]["val_loss"])
-    print(f"report: {Path(args.train__out) / 'report.md'}")
+    print(f"report: {Path(config.out) / 'report.md'}")
     return 0
+
+
+def _numbers(text: str, flag: str, upper: float = float("inf")) -> list[float]:
+    """Comma-separated positive numbers (at most ``upper``)."""
+    from seqis.errors import ConfigError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0 < v <= upper for v in values):
+        raise ConfigError(f"{flag} must be numbers in (0, {upper:g}], got {text!r}")
+    return values
+
+
+def _learning_rates(text: str) -> list[float] | dict[str, float]:
+    """``--lrs``: a grid (``0.001,0.002``) or each sampler's own (``uniform=0.004,fim=0.003``)."""
+    from seqis.errors import ConfigError
+
+    if "=" not in text:
+        return _numbers(text, "--lrs")
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"--lrs must be all numbers or all SAMPLER=NUMBER, got {text!r}")
+    return {name.strip(): _numbers(value, "--lrs")[0] for name, value in pairs}
 
 
 _COMMANDS = {

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from seqis.data.registry import load_data
+from seqis.errors import ConfigError
 from seqis.experiments.report import write_report
 from seqis.training.trainer import TrainConfig, train
 
@@ -47,23 +48,31 @@ def machine() -> dict:
     }
 
 
-def run_name(sampler: str, lr: float, seed: int) -> str:
-    """A run's folder under ``runs/``: ``fim-lr0.002-seed1``."""
-    return f"{sampler}-lr{lr:g}-seed{seed}"
+def run_name(sampler: str, lr: float, seed: int, budget: float | None = None) -> str:
+    """A run's folder under ``runs/``: ``fim-lr0.002-seed1`` (``-b0.8`` in a budget race)."""
+    return f"{sampler}-lr{lr:g}-seed{seed}" + (f"-b{budget:g}" if budget is not None else "")
 
 
-def run_order(samplers: list[str], seeds: int, lrs: list[float]) -> list[tuple[int, float, str]]:
-    """(seed, lr, sampler) in the order they run.
+LearningRates = list[float] | dict[str, float]
+
+
+def run_order(
+    samplers: list[str], seeds: int, lrs: LearningRates, budgets: list[float] | None = None
+) -> list[tuple[int, float, str, float | None]]:
+    """(seed, lr, sampler, budget) in the order they run.
 
     Within a seed the samplers' order is rotated, so a drift of the machine's speed over the
-    race falls on every sampler alike.
+    race falls on every sampler alike. ``lrs`` is a grid every sampler runs, or each sampler's own.
     """
-    return [
-        (seed, lr, sampler)
-        for seed in range(seeds)
-        for lr in lrs
-        for sampler in samplers[seed % len(samplers) :] + samplers[: seed % len(samplers)]
-    ]
+    runs = []
+    for seed in range(seeds):
+        rotated = samplers[seed % len(samplers) :] + samplers[: seed % len(samplers)]
+        for budget in budgets or [None]:
+            if isinstance(lrs, dict):
+                runs += [(seed, lrs[s], s, budget) for s in rotated]
+            else:
+                runs += [(seed, lr, s, budget) for lr in lrs for s in rotated]
+    return runs
 
 
 def compare(
@@ -72,23 +81,30 @@ def compare(
     seeds: int,
     targets: str = "auto",
     command: str = "",
-    lrs: list[float] | None = None,
+    lrs: LearningRates | None = None,
+    budgets: list[float] | None = None,
 ) -> dict:
-    """Run every sampler x learning rate x seed one at a time; write summary.json, report.md, plots.
+    """Run every sampler x learning rate x seed (x budget) one at a time; write the report.
 
     ``samplers`` are ``TrainConfig.with_sampler`` names; uniform, the baseline, is added
-    when missing.
+    when missing. ``lrs`` is a grid (tuned vs tuned: the report compares each sampler at its
+    best) or each sampler's own learning rate. With ``budgets`` (shares of the planned steps or
+    epochs), every run trains once per budget with its schedule decayed over that budget.
     """
     if "uniform" not in samplers:
         samplers = ["uniform", *samplers]
     lrs = lrs or [base.lr]
+    if isinstance(lrs, dict):
+        missing = [s for s in samplers if s not in lrs]
+        if missing:
+            raise ConfigError(f"--lrs gives no learning rate for {', '.join(missing)}")
     base.validate()
     for s in samplers:
         base.with_sampler(s).validate()  # every sampler's mistakes before the first run
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(base.data, base.data_options)
-    runs = run_order(samplers, seeds, lrs)
+    runs = run_order(samplers, seeds, lrs, budgets)
     meta = {
         "command": command,
         "machine": machine(),
@@ -100,15 +116,20 @@ def compare(
         "time_budget": base.time_budget,
         "steps": base.steps,
         "targets": targets,
-        "run_order": [run_name(s, lr, seed) for seed, lr, s in runs],
+        "run_order": [run_name(s, lr, seed, b) for seed, lr, s, b in runs],
     }
+    if budgets:
+        meta["budgets"] = budgets
+        meta["epochs"] = base.epochs
     (out / "race.json").write_text(json.dumps(meta, indent=2) + "\n")
     started = time.perf_counter()
     bar = tqdm(runs, desc="race", unit="run", disable=not base.progress)
-    for i, (seed, lr, sampler) in enumerate(bar):
-        bar.set_postfix_str(f"{sampler} lr {lr:g} seed {seed}")
-        run_out = out / "runs" / run_name(sampler, lr, seed)
+    for i, (seed, lr, sampler, budget) in enumerate(bar):
+        bar.set_postfix_str(f"{sampler} lr {lr:g} seed {seed}" + (f" budget {budget:g}" if budget else ""))
+        run_out = out / "runs" / run_name(sampler, lr, seed, budget)
         config = replace(base.with_sampler(sampler), seed=seed, lr=lr, out=str(run_out), progress=False)
+        if budget is not None:
+            config = replace(config, budget=budget)
         if train(config, data=data)["stopped_by"] == "signal":
             # The run saved its checkpoint and stopped; the signal was meant for the whole race.
             bar.close()

@@ -128,6 +128,14 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         pos = self.draw_positions()
         return self.indices[pos], torch.ones(len(pos))
 
+    @property
+    def epochs_done(self) -> float:
+        """Epochs trained so far, fractional: what a schedule over ``--epochs`` follows.
+
+        An epoch is a pass of the current order, so a pruned (shorter) epoch ends sooner.
+        """
+        return self.epoch + self._cursor / max(1, len(self._order))
+
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
         """Whole batches as ``(index, weight)`` pairs (wrap in ``RankSlice`` to split them between ranks)."""
         for _ in range(len(self)):
@@ -219,6 +227,7 @@ class ImportanceSampler(UniformBatchSampler):
         self.factors = np.full(n, np.nan)  # NaN: never scored
         self.scored_step = np.full(n, -1, dtype=np.int64)
         self._tree = SumTree(np.ones(n))
+        self.importance_drawn = 0  # sequences drawn by importance (they leave the epoch order alone)
         self._generator = torch.Generator().manual_seed(seed + 7919)
 
     @property
@@ -304,13 +313,19 @@ class ImportanceSampler(UniformBatchSampler):
         uniform_pos = np.minimum((u * n).astype(np.int64), n - 1)
         tree_pos = self._tree.find(u * total) if share > 0 else uniform_pos
         pos = np.where(coin < share, tree_pos, uniform_pos)
+        self.importance_drawn += b
         weights = self.weights_of(pos)
         return self.indices[torch.from_numpy(pos)], torch.from_numpy(weights).float()
+
+    @property
+    def epochs_done(self) -> float:
+        return super().epochs_done + self.importance_drawn / self.num_sequences
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
         state.update(
+            importance_drawn=self.importance_drawn,
             active=self.active,
             smoothing=self.smoothing,
             factors=self.factors.copy(),
@@ -336,6 +351,7 @@ class ImportanceSampler(UniformBatchSampler):
         self._tree.rebuild(state["tree_values"])
         self.repaired = state["repaired"]
         self._generator.set_state(state["generator"])
+        self.importance_drawn = state.get("importance_drawn", 0)
 
 
 class PresamplingSampler(ImportanceSampler):

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, replace
 from seqis.data.registry import DataOptions
 from seqis.importance.config import MiningConfig
 from seqis.models.rnn import ModelConfig
-from seqis.options import at_least_one, check, one_of, option, positive
+from seqis.options import at_least_one, check, one_of, option, positive, within
+from seqis.training.schedule import SCHEDULES
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SINGLE_RUN = ("train", "diagnose")
 
 
@@ -22,15 +23,34 @@ class TrainConfig:
     data_options: DataOptions = option(default_factory=DataOptions, cli=False)
     model: ModelConfig = option(default_factory=ModelConfig, cli=False)
     mining: MiningConfig = option(default_factory=MiningConfig, cli=False)
-    steps: int | None = option(None, "training steps (the plan --anneal and --prune-anneal divide)")
+    steps: int | None = option(
+        None, "planned training steps: what --schedule, --anneal and --prune-anneal divide"
+    )
+    epochs: float | None = option(
+        None, "planned epochs instead of --steps: a pruned epoch is shorter, and the schedule follows epochs"
+    )
+    budget: float = option(
+        1.0,
+        "train this share of the planned --steps/--epochs, the schedule decayed over it",
+        commands=SINGLE_RUN,
+    )
+    stop_at: int | None = option(
+        None, "stop after this many steps, keeping the plan (a segment of a longer run)", commands=SINGLE_RUN
+    )
     time_budget: float | None = option(None, "seconds of training per run")
     target_loss: float | None = option(
         None, "stop once the validation loss reaches this", commands=SINGLE_RUN
     )
     batch_size: int = option(64, "sequences per step (all ranks together under torchrun: per rank)")
     optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
-    lr: float = option(2e-3, "learning rate")
-    clip: float = option(1.0, "gradient-norm clipping threshold")
+    lr: float = option(2e-3, "peak learning rate")
+    schedule: str = option("constant", "learning-rate schedule over the plan", choices=SCHEDULES)
+    warmup: float = option(
+        0.0, "learning-rate warm-up: a share of the plan (< 1) or a number of steps (>= 1)"
+    )
+    lr_floor: float = option(0.0, "final learning rate as a share of the peak (linear, cosine, onecycle)")
+    weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
+    clip: float = option(1.0, "gradient-norm clipping threshold; 0 switches clipping off")
     eval_every: int = option(50, "steps between validations")
     train_eval_size: int = option(2000, "size of the fixed training subset logged as train_eval_loss")
     checkpoint_every: int = option(500, "steps between checkpoints")
@@ -50,10 +70,31 @@ class TrainConfig:
     threads: int | None = option(None, "CPU threads (default: all cores, max 4); saved and kept on resume")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "train_eval_size", "threads"):
+        for name in (
+            "steps",
+            "stop_at",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "train_eval_size",
+            "threads",
+        ):
             at_least_one(getattr(self, name), name.replace("_", "-"))
-        for name in ("time_budget", "target_loss", "lr", "clip", "dist_timeout"):
+        for name in ("epochs", "time_budget", "target_loss", "lr", "dist_timeout"):
             positive(getattr(self, name), name.replace("_", "-"))
+        check(self.clip >= 0, f"--clip must be >= 0 (0: no clipping), got {self.clip}")
+        check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        within(self.budget, 0, 1, "budget", closed_low=False)
+        within(self.lr_floor, 0, 1, "lr-floor")
+        one_of(self.schedule, SCHEDULES, "schedule")
+        check(self.steps is None or self.epochs is None, "give --steps or --epochs, not both")
+        planned = self.steps is not None or self.epochs is not None
+        check(
+            planned or (self.schedule == "constant" and self.warmup == 0),
+            "a schedule or a warm-up runs over a plan: give --steps or --epochs",
+        )
+        check(self.schedule != "onecycle" or self.warmup > 0, "--schedule onecycle needs --warmup (its rise)")
         at_least_one(self.keep_checkpoints, "keep-checkpoints")
         one_of(self.optimizer, OPTIMIZERS, "optimizer")
         # Padded batches cost the longest sequence whatever is drawn: cost-aware draws would only
@@ -66,8 +107,18 @@ class TrainConfig:
     def validate(self) -> None:
         """What a run needs beyond valid fields: a way to stop."""
         check(
-            self.steps is not None or self.time_budget is not None, "give --steps N or --time-budget SECONDS"
+            self.steps is not None or self.epochs is not None or self.time_budget is not None,
+            "give --steps N, --epochs E or --time-budget SECONDS",
         )
+
+    @property
+    def planned_steps(self) -> int | None:
+        """The steps this run plans (its --budget share of --steps), or None without --steps."""
+        return max(1, round(self.budget * self.steps)) if self.steps is not None else None
+
+    @property
+    def planned_epochs(self) -> float | None:
+        return self.budget * self.epochs if self.epochs is not None else None
 
     def with_sampler(self, name: str) -> TrainConfig:
         """This configuration with sampler ``name`` (a scheme, a shorthand, or ``scheme:factor``)."""
@@ -109,6 +160,7 @@ class TrainConfig:
 # what it trains; every other setting must match the checkpoint.
 RESUME_MAY_CHANGE = {
     "steps",
+    "stop_at",
     "time_budget",
     "target_loss",
     "out",

@@ -38,6 +38,7 @@ from seqis.training.checkpoint import (
 )
 from seqis.training.config import TrainConfig
 from seqis.training.metrics import MetricsLog
+from seqis.training.schedule import Schedule, warmup_share
 from seqis.training.state import RunState
 from seqis.training.wiring import sampling_for
 
@@ -167,10 +168,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
     model = model.to(device)
     if ctx.enabled:
         torch.manual_seed(config.seed * 1_000_003 + ctx.rank)  # per-rank dropout noise
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    optimizer = make_optimizer(config, model)
     # The trainer draws the global batch and trains on its slice (ctx.shard); the miner gathers.
     sampler, miner = sampling_for(
         config.mining,
@@ -180,9 +178,29 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         score_fn=forward_scorer(config.mining.factor, model, data, device),
         lengths=data.lengths,
         ctx=ctx,
-        total_steps=config.steps,
+        total_steps=config.planned_steps,
     )
     return data, device, model, optimizer, sampler, miner
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params, decay = model.parameters(), config.weight_decay
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=decay)
+
+
+def make_schedule(config: TrainConfig, train_sequences: int, global_batch: int) -> Schedule:
+    """The schedule over this run's plan: its steps, or its epochs in steps of a full epoch."""
+    if config.planned_steps is not None:
+        plan = config.planned_steps
+    elif config.planned_epochs is not None:
+        plan = config.planned_epochs * train_sequences / global_batch
+    else:
+        plan = math.inf  # a time budget alone: constant, no warm-up (the configuration checks it)
+    return Schedule(config.schedule, warmup_share(config.warmup, plan), config.lr_floor, 1.0 / plan)
 
 
 def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = False) -> dict:
@@ -228,6 +246,7 @@ class Run:
         self.net = DistributedDataParallel(self.model) if ctx.enabled else self.model
         self.state = RunState(init_sha=params_sha256(self.model))
         self.train_eval_idx = train_eval_subset(self.data, config.train_eval_size)
+        self.schedule = make_schedule(config, len(self.data.train_idx), config.batch_size * ctx.world)
         self.metrics_rows: list[dict] = []
         self.resumed = False
         self.stop: _StopSignal | None = None
@@ -300,7 +319,7 @@ class Run:
         if not self.resumed:  # curves start at the initial loss; evaluation draws no random numbers
             self.log_eval()
         bar = tqdm(
-            total=cfg.steps,
+            total=cfg.planned_steps,
             initial=self.state.step,
             disable=not (cfg.progress and ctx.is_main),
             desc=f"{cfg.sampler_label} {cfg.data}",
@@ -316,10 +335,12 @@ class Run:
     def loop(self, bar: tqdm) -> str:
         """Steps, validations and checkpoints; returns what stopped the run."""
         cfg, state = self.config, self.state
-        max_steps, budget = cfg.steps or math.inf, cfg.time_budget or math.inf
+        budget = cfg.time_budget or math.inf
         while True:
-            if state.step >= max_steps:
-                return "steps"
+            if self.planned_fraction() >= 1.0:
+                return "steps" if cfg.steps is not None else "epochs"
+            if cfg.stop_at is not None and state.step >= cfg.stop_at:
+                return "stop_at"
             if self.ctx.any(state.clock >= budget or self.stop.received is not None):  # ranks stop together
                 return "signal" if self.stop.received is not None else "time_budget"
             self.train_step()
@@ -336,10 +357,23 @@ class Run:
             if state.step % cfg.checkpoint_every == 0:
                 self.snapshot()
 
+    def planned_fraction(self) -> float:
+        """How much of the plan (steps or epochs) is done; 0 without a plan."""
+        cfg = self.config
+        if cfg.planned_steps is not None:
+            return self.state.step / cfg.planned_steps
+        if cfg.planned_epochs is not None:
+            return self.sampler.epochs_done / cfg.planned_epochs
+        return 0.0
+
     def train_step(self) -> None:
         """Draw, forward, weigh, backward, clip, step; then harvest, refresh and switch."""
         cfg, miner = self.config, self.miner
         tick = time.perf_counter()
+        multiplier = miner.lr_multiplier if miner is not None else 1.0  # 1 unless --lr-scale is set
+        lr = cfg.lr * self.schedule.factor(self.planned_fraction()) * multiplier
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         index, weights = self.sampler.draw()  # the global batch; this rank trains on its slice
         index, weights = self.ctx.shard(index), self.ctx.shard(weights)
         batch = self.data.batch(index).to(self.device)
@@ -348,9 +382,14 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         head_sq = self._head_grad_sq()  # read before clipping: the noise scale's |G_b|^2
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        if cfg.clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None]
+            )
         # Clipping a weighted gradient biases it; how often it happens is logged per sampler.
-        clipped = bool(grad_norm > cfg.clip)
+        clipped = cfg.clip > 0 and bool(grad_norm > cfg.clip)
         if self.ctx.any(not (torch.isfinite(loss) and torch.isfinite(grad_norm))):
             self._nonfinite_step()
         else:
@@ -363,8 +402,6 @@ class Run:
                 miner.harvest(batch.index, factors, self.state.step, weights, grad_sq)
         if miner is not None:
             miner.after_step(self.state.step)
-            for group in self.optimizer.param_groups:  # 1 unless --lr-scale is set
-                group["lr"] = cfg.lr * miner.lr_multiplier
         self.state.end_step(float(loss.detach()), clipped, time.perf_counter() - tick)
 
     def _head_grad_sq(self) -> float | None:
