@@ -412,12 +412,18 @@ class PruningSampler(UniformBatchSampler):
         seed: int = 0,
         total_steps: int | None = None,
         anneal: float = 0.125,
+        total_epochs: float | None = None,
     ):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
         if not 0.0 <= anneal <= 1.0:
             raise ValueError(f"anneal share must be in [0, 1], got {anneal}")
-        self.ratio, self.anneal, self.total_steps = ratio, anneal, total_steps
+        self.ratio, self.anneal, self.total_steps, self.total_epochs = (
+            ratio,
+            anneal,
+            total_steps,
+            total_epochs,
+        )
         self._active = False
         self.draws = 0
         self.factors = np.full(len(indices), np.nan)
@@ -435,10 +441,15 @@ class PruningSampler(UniformBatchSampler):
 
     @property
     def annealing(self) -> bool:
-        """True in the final full-data share of the planned steps."""
-        if self.total_steps is None:
-            return False
-        return self.draws >= (1.0 - self.anneal) * self.total_steps
+        """True in the final full-data share of the planned steps (or epochs)."""
+        return self._annealing_at(self.epochs_done)
+
+    def _annealing_at(self, epochs_done: float) -> bool:
+        if self.total_steps is not None:
+            return self.draws >= (1.0 - self.anneal) * self.total_steps
+        if self.total_epochs is not None:  # InfoBatch's own rule: the last epochs are full
+            return epochs_done >= (1.0 - self.anneal) * self.total_epochs - 1e-9
+        return False
 
     @property
     def coverage(self) -> float:
@@ -460,7 +471,8 @@ class PruningSampler(UniformBatchSampler):
         order = super()._permutation()
         self._weights, self._pruned = torch.ones(self.num_sequences), False
         known = ~np.isnan(self.factors)
-        if not (self._active and self.ratio > 0 and known.any()) or self.annealing:
+        # At an epoch's start the old order is still in place: the position is the epoch number.
+        if not (self._active and self.ratio > 0 and known.any()) or self._annealing_at(float(self.epoch)):
             return order
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 104_729)
         below = torch.from_numpy(known & (self.factors < self.factors[known].mean()))

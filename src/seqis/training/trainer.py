@@ -179,6 +179,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         lengths=data.lengths,
         ctx=ctx,
         total_steps=config.planned_steps,
+        total_epochs=config.planned_epochs,
     )
     return data, device, model, optimizer, sampler, miner
 

@@ -33,20 +33,22 @@ def sampling_for(
     lengths: Tensor | None = None,
     ctx: DistContext | None = None,
     total_steps: int | None = None,
+    total_epochs: float | None = None,
     grad_batch_size: int | None = None,
 ) -> tuple[Sampler, Miner | None]:
     """The sampler drawing global batches of ``batch_size`` from ``indices``, and its miner.
 
     ``score_fn`` (dataset indices -> factors, forward-only) refreshes importance factors and
     scores presampling's candidates; ``lengths`` (by dataset index) orders refresh batches and
-    are cost-aware draws' costs; ``total_steps`` places ``anneal`` and ``prune_anneal``.
+    are cost-aware draws' costs; ``total_steps`` places ``anneal`` and ``prune_anneal`` (or
+    ``total_epochs``, for pruning planned in epochs).
     Uniform sampling has no miner.
 
     Example:
         >>> sampler, miner = sampling_for(MiningConfig(sampler="fim"), torch.arange(1000), 64)
     """
     indices = torch.as_tensor(indices, dtype=torch.long)
-    _check(config, score_fn, lengths, total_steps)
+    _check(config, score_fn, lengths, total_steps, total_epochs)
     if config.sampler == "uniform":
         return UniformBatchSampler(indices, batch_size, seed=seed), None
     if config.sampler == "prune":
@@ -57,6 +59,7 @@ def sampling_for(
             seed=seed,
             total_steps=total_steps,
             anneal=config.prune_anneal,
+            total_epochs=total_epochs,
         )
     elif config.sampler == "presample":
         sampler = PresamplingSampler(indices, batch_size, config.smoothing, seed=seed, ratio=PRESAMPLE_RATIO)
@@ -72,12 +75,20 @@ def sampling_for(
 
 
 def _check(
-    config: MiningConfig, score_fn: Callable | None, lengths: Tensor | None, total_steps: int | None
+    config: MiningConfig,
+    score_fn: Callable | None,
+    lengths: Tensor | None,
+    total_steps: int | None,
+    total_epochs: float | None,
 ) -> None:
     """Settings this caller cannot honour are refused, never silently ignored."""
-    if config.anneal > 0 or (config.sampler == "prune" and config.prune_anneal > 0):
-        what = "--anneal" if config.anneal > 0 else "--prune-anneal"
-        check(total_steps is not None, f"{what} is a share of the planned steps: give the number of steps")
+    if config.anneal > 0:
+        check(total_steps is not None, "--anneal is a share of the planned steps: give the number of steps")
+    if config.sampler == "prune" and config.prune_anneal > 0:
+        check(
+            total_steps is not None or total_epochs is not None,
+            "--prune-anneal is a share of the planned steps or epochs: give --steps or --epochs",
+        )
     if config.cost_aware:
         check(lengths is not None, "--cost-aware needs the sequences' lengths (its costs)")
     if config.sampler == "presample":
