@@ -11,6 +11,8 @@ OUT ?= runs/demo
 
 # Larger benchmark data for the races: Debian packages (Fashion-MNIST IDX files, WordNet 3.0).
 DEB_DATA := dataset-fashion-mnist wordnet-base
+# ~984,000 names with their countries (the names race); its own imports are not needed.
+PIP_DATA := names-dataset==3.3.1
 
 .PHONY: demo test lint data results bench clean
 
@@ -35,7 +37,8 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(PY) -m pytest
 
-data:
+data: $(VENV)/.installed-base
+	$(PY) -m pip install -q --no-deps $(PIP_DATA)
 	@if dpkg -s $(DEB_DATA) >/dev/null 2>&1; then echo "data: $(DEB_DATA) installed"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEB_DATA); \
 	else echo "data: run as root: apt-get install $(DEB_DATA)"; exit 2; fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqis.data import images, labeled, text, timeseries
+from seqis.data import images, labeled, names, text, timeseries
 from seqis.data.base import SequenceData
 from seqis.errors import DataError
 from seqis.options import at_least_one, one_of, option, within
@@ -27,6 +27,8 @@ SPECS = {
     "fashion-mnist": "Fashion-MNIST from Debian's dataset-fashion-mnist (also fashion-mnist:pixels)",
     "labeled:PATH": "text classification, 'label<TAB>text' lines, characters ('labeled:PATH:words')",
     "wordnet": "WordNet glosses -> lexicographer file (45 classes), from Debian's wordnet-base",
+    "names": "~984,000 last names -> most likely country (105 classes), from the names-dataset package",
+    "names:first": "first names -> most likely country; 'names:PATH' reads a .pkl.gz of that format",
 }
 
 
@@ -105,6 +107,9 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
         data = labeled.labeled_file(
             spec, Path(path_arg), opts.seq_len, variant == "words", opts.encoding_errors
         )
+    elif kind == "names":
+        first = arg == "first"
+        data = names.names(opts.seq_len, first, Path(arg) if arg not in ("", "first", "last") else None)
     elif kind == "wordnet":
         data = labeled.wordnet(opts.seq_len, Path(arg) if arg else None)
     else:

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from seqis.errors import ConfigError
+from seqis.experiments.budgets import analyse_budgets, budget_of
 from seqis.importance.noise import fixed_lr_step_gain
 from seqis.training.metrics import read_metrics
 
@@ -200,6 +201,7 @@ def run_record(summary: dict, rows: list[dict]) -> dict:
     return {
         **{k: summary.get(k) for k in RECORD_KEYS},
         "lr": summary["config"]["lr"],
+        "budget": budget_of(summary),
         **predicted_while_on(summary),
         "rows": rows,
     }
@@ -238,6 +240,7 @@ def analyse(meta: dict, records: list[dict]) -> dict:
     from uniform's runs at its best one.
     """
     check_same_init(records)
+    everything, records = records, [r for r in records if r["budget"] == 1.0]  # time to target: full budget
     tuned = best_lrs(records)
     chosen = tuned_runs(records, tuned)
     uniform_rows = [r["rows"] for r in chosen if r["sampler"] == "uniform"]
@@ -254,9 +257,11 @@ def analyse(meta: dict, records: list[dict]) -> dict:
         "targets": targets,
         "speedup": {m: speedups(chosen, targets[m], "wall_time_s", m) for m in metrics},
         "step_speedup": {m: speedups(chosen, targets[m], "step", m) for m in metrics},
-        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in records],
+        "runs": [{k: v for k, v in r.items() if k != "rows"} for r in everything],
     }
-    for r, rec in zip(result["runs"], records, strict=True):
-        r["tuned"] = rec["lr"] == tuned[rec["sampler"]]
+    for r, rec in zip(result["runs"], everything, strict=True):
+        r["tuned"] = rec["lr"] == tuned[rec["sampler"]] and rec["budget"] == 1.0
         r["best"] = {m: running_best(rec["rows"], float("inf"), metric=m) for m in metrics}
+    if meta.get("budgets"):
+        result["budget_protocol"] = analyse_budgets([r for r in everything if r["lr"] == tuned[r["sampler"]]])
     return result

@@ -115,12 +115,12 @@ def compare(
         "lrs": lrs,
         "time_budget": base.time_budget,
         "steps": base.steps,
+        "epochs": base.epochs,
         "targets": targets,
         "run_order": [run_name(s, lr, seed, b) for seed, lr, s, b in runs],
     }
     if budgets:
         meta["budgets"] = budgets
-        meta["epochs"] = base.epochs
     (out / "race.json").write_text(json.dumps(meta, indent=2) + "\n")
     started = time.perf_counter()
     bar = tqdm(runs, desc="race", unit="run", disable=not base.progress)

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from seqis.experiments.analysis import FRACTIONS, METRICS, analyse, load_runs, tuned_runs
+from seqis.experiments.budgets import budget_section
 from seqis.experiments.plots import plot_race, plot_speedups
 
 LABELS = {
@@ -120,13 +121,22 @@ def report(result: dict) -> str:
     """``report.md`` of a race's summary (with its ``tables`` and ``step_tables``)."""
     m = result["machine"]
     per_sampler = [_run_row(result, s) for s in result["samplers"]]
-    budget = (
-        f"{result['steps']} steps per run"
-        if result["steps"]
-        else f"{result['time_budget']:.0f} s of training per run"
-    )
+    if result["steps"]:
+        budget = f"{result['steps']} steps per run"
+    elif result.get("epochs"):
+        budget = f"{result['epochs']:g} epochs per run (the full budget)"
+    elif result.get("time_budget"):
+        budget = f"{result['time_budget']:.0f} s of training per run"
+    else:
+        budget = "as planned in the command"
     sections = [_metric_section(result, metric) for metric in result["metrics"]]
-    lrs = ", ".join(f"{lr:g}" for lr in result["lrs"])
+    lrs = result["lrs"]
+    lrs = (
+        ", ".join(f"{s} {lr:g}" for s, lr in lrs.items())
+        if isinstance(lrs, dict)
+        else ", ".join(f"{lr:g}" for lr in lrs)
+    )
+    headline = budget_section(result) + "\n" if "budget_protocol" in result else ""
     return f"""# {result["data"]}: importance sampling vs uniform
 
 Command: `{result["command"]}`
@@ -135,7 +145,7 @@ Machine: {m["cpu"]}, {m["cores"]} cores, {m["threads"]} torch threads; torch {m[
 Python {m["python"]}; {m["date"]}. Budget: {budget}; {result["seeds"]} seeds; learning rates {lrs};
 runs one at a time, the samplers' order rotated per seed.
 
-## Speedups, tuned vs tuned
+{headline}## Speedups, tuned vs tuned
 
 Each sampler runs at its own best learning rate (lowest median best validation loss over
 seeds). speedup = uniform's time-to-target / the sampler's, paired by seed: median

@@ -1,0 +1,165 @@
+"""The budget protocol: final validation quality per training budget, and what it saves.
+
+A budget race trains every sampler and seed once per budget (a share of the planned steps
+or epochs), each with its schedule decayed over that budget, as InfoBatch and Kaddour et
+al. measure. Two figures per sampler, from the mean final validation loss over seeds:
+
+- **lossless saving**: 1 / the smallest budget at which the sampler's loss is no worse than
+  uniform's at the full budget plus a tolerance (half the min–max range of uniform's seeds
+  there), interpolated linearly between measured budgets and never extrapolated below the
+  smallest one (then it is a lower bound); in steps and in wall-clock time as well, since a
+  pruned epoch has fewer steps;
+- **equivalent uniform budget**: the budget at which uniform's loss equals the sampler's at
+  the full budget (how much uniform training the sampler's run is worth).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+TOLERANCE_RULE = (
+    "A sampler matches uniform when its mean final validation loss is at most uniform's mean at the "
+    "full budget plus a tolerance of half the min–max range of uniform's seeds at the full budget. "
+    "Budgets between measured ones are interpolated linearly; below the smallest measured budget "
+    "nothing is extrapolated (≥ marks a lower bound)."
+)
+
+
+def budget_of(summary: dict) -> float:
+    """A run's budget share (1 for runs from before the budget protocol)."""
+    return float(summary.get("config", {}).get("budget", 1.0))
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def budget_table(records: list[dict]) -> dict[str, dict[float, dict]]:
+    """sampler -> budget -> final val loss and accuracy (mean, min, max, n), mean steps and seconds."""
+    table: dict[str, dict[float, dict]] = {}
+    for sampler in dict.fromkeys(r["sampler"] for r in records):
+        for budget in sorted({r["budget"] for r in records if r["sampler"] == sampler}):
+            runs = [r for r in records if r["sampler"] == sampler and r["budget"] == budget]
+            accs = [r["final_val_acc"] for r in runs if r.get("final_val_acc") is not None]
+            table.setdefault(sampler, {})[budget] = {
+                "loss": _stats([r["final_val_loss"] for r in runs]),
+                "acc": _stats(accs) if accs else None,
+                "steps": statistics.fmean(r["steps"] for r in runs),
+                "seconds": statistics.fmean(r["wall_time_s"] for r in runs),
+            }
+    return table
+
+
+def _crossing(points: list[tuple[float, float]], threshold: float) -> tuple[float | None, str]:
+    """The smallest x at which y falls to ``threshold``, from (x, y) sorted by x, interpolated.
+
+    Returns (x, kind): kind ``exact`` (measured or interpolated), ``at_most`` (already below
+    at the smallest x: the crossing lies at or below it) or ``none`` (never at or below).
+    """
+    if points[0][1] <= threshold:
+        return points[0][0], "at_most"
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if y1 <= threshold:
+            return x0 + (threshold - y0) * (x1 - x0) / (y1 - y0), "exact"
+    return None, "none"
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float:
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 + (x - x0) * (y1 - y0) / (x1 - x0) if x1 > x0 else y0
+    return points[0][1] if x <= points[0][0] else points[-1][1]
+
+
+def lossless_saving(table: dict[str, dict[float, dict]], sampler: str) -> dict:
+    """1 / the smallest budget at which ``sampler`` matches uniform's full-budget loss (see the rule)."""
+    uniform_full = table["uniform"][1.0]
+    tolerance = (uniform_full["loss"]["max"] - uniform_full["loss"]["min"]) / 2
+    threshold = uniform_full["loss"]["mean"] + tolerance
+    rows = table[sampler]
+    curve = [(b, rows[b]["loss"]["mean"]) for b in sorted(rows)]
+    budget, kind = _crossing(curve, threshold)
+    result = {"threshold": threshold, "tolerance": tolerance, "budget": budget, "kind": kind}
+    if budget is None:
+        result["gap_at_full"] = rows[max(rows)]["loss"]["mean"] - uniform_full["loss"]["mean"]
+        return {**result, "saving": None, "steps_saving": None, "time_saving": None}
+    steps = _interpolate([(b, rows[b]["steps"]) for b in sorted(rows)], budget)
+    seconds = _interpolate([(b, rows[b]["seconds"]) for b in sorted(rows)], budget)
+    return {
+        **result,
+        "saving": 1.0 / budget,
+        "steps_saving": uniform_full["steps"] / steps,
+        "time_saving": uniform_full["seconds"] / seconds,
+    }
+
+
+def equivalent_uniform_budget(table: dict[str, dict[float, dict]], sampler: str) -> dict:
+    """The budget at which uniform's mean loss equals the sampler's at the full budget."""
+    target = table[sampler][max(table[sampler])]["loss"]["mean"]
+    uniform = [(b, table["uniform"][b]["loss"]["mean"]) for b in sorted(table["uniform"])]
+    budget, kind = _crossing(uniform, target)
+    return {"budget": budget, "kind": kind if budget is not None else "above"}  # above: > the full budget
+
+
+def analyse_budgets(records: list[dict]) -> dict:
+    """The budget table and both figures for every sampler but uniform (at each one's own lr)."""
+    table = budget_table(records)
+    figures = {
+        s: {"lossless": lossless_saving(table, s), "equivalent": equivalent_uniform_budget(table, s)}
+        for s in table
+        if s != "uniform"
+    }
+    return {
+        "table": {s: {str(b): v for b, v in rows.items()} for s, rows in table.items()},
+        "figures": figures,
+    }
+
+
+def saving_cell(lossless: dict) -> str:
+    """``1.32× (steps 1.30×, time 1.41×)``, ``≥ 2.00×`` as a bound, ``< 1 (+0.012)`` when never matched."""
+    if lossless["saving"] is None:
+        return f"< 1 (loss {lossless['gap_at_full']:+.4f} at the full budget)"
+    bound = "≥ " if lossless["kind"] == "at_most" else ""
+    return (
+        f"{bound}{lossless['saving']:.2f}× (steps {bound}{lossless['steps_saving']:.2f}×, "
+        f"time {bound}{lossless['time_saving']:.2f}×)"
+    )
+
+
+def equivalent_cell(equivalent: dict) -> str:
+    if equivalent["kind"] == "above":
+        return "> 1 (better than uniform's full budget)"
+    bound = "≤ " if equivalent["kind"] == "at_most" else ""
+    return f"{bound}{equivalent['budget']:.2f}"
+
+
+def budget_section(result: dict) -> str:
+    """Markdown: the budget table, then lossless saving and equivalent uniform budget per sampler."""
+    budgets = result["budget_protocol"]
+    table, figures = budgets["table"], budgets["figures"]
+    shares = sorted({float(b) for rows in table.values() for b in rows}, reverse=True)
+    head = "| sampler | " + " | ".join(f"budget {b:g}" for b in shares) + " |"
+    lines = [
+        "## Budget protocol (the headline)",
+        "",
+        TOLERANCE_RULE,
+        "",
+        head,
+        "|---" * (len(shares) + 1) + "|",
+    ]
+    for sampler, rows in table.items():
+        cells = []
+        for b in shares:
+            row = rows.get(str(b))
+            if row is None:
+                cells.append("–")
+                continue
+            loss, acc = row["loss"], row["acc"]
+            text = f"{loss['mean']:.4f} [{loss['min']:.4f}–{loss['max']:.4f}] n={loss['n']}"
+            text += f", acc {acc['mean']:.4f}" if acc else ""
+            cells.append(text + f", {row['steps']:.0f} steps, {row['seconds']:.0f} s")
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]
+    for sampler, fig in figures.items():
+        lines.append(f"| {sampler} | {saving_cell(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
+    return "\n".join(lines) + "\n"

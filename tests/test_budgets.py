@@ -1,0 +1,74 @@
+"""The budget protocol's figures on synthetic races whose answers are known."""
+
+import pytest
+
+from seqis.experiments.budgets import analyse_budgets, budget_section, saving_cell
+
+BUDGETS = (1.0, 0.8, 0.67, 0.5)
+
+
+def _runs(sampler, losses_by_budget, seeds=(0, 1, 2), spread=0.0, steps_per_budget=1000, seconds=10.0):
+    """Records with mean loss ``losses_by_budget[b]``; seed s adds ``(s - 1) * spread``."""
+    return [
+        {
+            "sampler": sampler,
+            "budget": b,
+            "seed": s,
+            "final_val_loss": loss + (s - 1) * spread,
+            "final_val_acc": 0.9,
+            "steps": steps_per_budget * b,
+            "wall_time_s": seconds * b,
+        }
+        for b, loss in losses_by_budget.items()
+        for s in seeds
+    ]
+
+
+UNIFORM = {1.0: 0.30, 0.8: 0.31, 0.67: 0.32, 0.5: 0.34}
+
+
+def test_a_sampler_as_good_at_two_thirds_saves_one_and_a_half():
+    fast = {1.0: 0.29, 0.8: 0.295, 0.67: 0.30, 0.5: 0.33}
+    result = analyse_budgets(_runs("uniform", UNIFORM) + _runs("fast", fast))["figures"]["fast"]
+    assert result["lossless"]["saving"] == pytest.approx(1 / 0.67)
+    assert result["lossless"]["steps_saving"] == pytest.approx(1 / 0.67)
+    assert result["lossless"]["kind"] == "exact"
+    # uniform reaches the sampler's 0.29 nowhere in its range: worth more than its full budget
+    assert result["equivalent"]["kind"] == "above"
+
+
+def test_interpolation_between_budgets_and_the_equivalent_uniform_budget():
+    mid = {1.0: 0.315, 0.8: 0.33, 0.67: 0.34, 0.5: 0.36}
+    worse = analyse_budgets(_runs("uniform", UNIFORM) + _runs("mid", mid))["figures"]["mid"]
+    assert worse["lossless"]["saving"] is None and worse["lossless"]["gap_at_full"] == pytest.approx(0.015)
+    assert saving_cell(worse["lossless"]).startswith("< 1")
+    # uniform's loss falls to 0.315 between budgets 0.8 (0.31) and 0.67 (0.32): at 0.67 + 0.13 * 0.5
+    assert worse["equivalent"]["budget"] == pytest.approx(0.735)
+
+
+def test_seed_spread_sets_the_tolerance():
+    close = {1.0: 0.304, 0.8: 0.31, 0.67: 0.33, 0.5: 0.35}
+    tight = analyse_budgets(_runs("uniform", UNIFORM) + _runs("close", close))["figures"]["close"]
+    assert tight["lossless"]["saving"] is None  # 0.304 > 0.300 with no spread
+    loose = analyse_budgets(_runs("uniform", UNIFORM, spread=0.005) + _runs("close", close))["figures"][
+        "close"
+    ]
+    assert loose["lossless"]["tolerance"] == pytest.approx(0.005)
+    assert loose["lossless"]["saving"] == pytest.approx(1 / (0.8 + (0.305 - 0.31) * 0.2 / (0.304 - 0.31)))
+
+
+def test_better_than_uniform_at_the_smallest_budget_is_a_bound():
+    strong = {1.0: 0.25, 0.8: 0.26, 0.67: 0.27, 0.5: 0.28}
+    result = analyse_budgets(_runs("uniform", UNIFORM) + _runs("strong", strong))
+    figure = result["figures"]["strong"]["lossless"]
+    assert figure["kind"] == "at_most" and figure["saving"] == pytest.approx(2.0)
+    assert saving_cell(figure).startswith("≥ 2.00×")
+    section = budget_section({"budget_protocol": result})
+    assert "n=3" in section and "half the min–max range" in section
+
+
+def test_pruning_saves_more_steps_than_budget():
+    pruned = _runs("prune", {1.0: 0.30, 0.8: 0.31, 0.67: 0.32, 0.5: 0.34}, steps_per_budget=800, seconds=9.0)
+    figure = analyse_budgets(_runs("uniform", UNIFORM) + pruned)["figures"]["prune"]["lossless"]
+    assert figure["saving"] == pytest.approx(1.0)
+    assert figure["steps_saving"] == pytest.approx(1.25) and figure["time_saving"] == pytest.approx(10 / 9)
