@@ -27,7 +27,7 @@ from pathlib import Path
 
 from seqis.experiments.analysis import FRACTIONS
 from seqis.experiments.budgets import TOLERANCE_RULE, equivalent_cell, saving_cell
-from seqis.experiments.report import write_report
+from seqis.experiments.report import CELL_RULE, cell, write_report
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: this file is ROOT/scripts/results.py
 RESULTS = Path("docs") / "results"  # relative: reports show the command as a user types it
@@ -207,9 +207,11 @@ def _cell(result: dict, metric: str, fraction: float, sampler: str) -> str:
     time_stat = result["speedup"][metric][sampler][target]
     step_stat = result["step_speedup"][metric][sampler][target]
     if time_stat["median"] is None:
-        return "n/a"
-    censored = "*" if time_stat["censored"] else ""
-    return f"{time_stat['median']:.2f}{censored} ({step_stat['median']:.2f})"
+        return cell(time_stat)
+    steps = cell(step_stat).split(" n=")[0]
+    return f"{cell(time_stat).split(' n=')[0]} ({steps}) n={time_stat['n']}" + (
+        f", {time_stat['neither_reached']} neither" if time_stat["neither_reached"] else ""
+    )
 
 
 NOTE = (
@@ -217,8 +219,7 @@ NOTE = (
     "uniform's wall-clock time to a target / the sampler's, median over seeds paired by seed "
     "(in brackets the same ratio in training steps); above 1 is faster. Targets are uniform's "
     "running best at 60/90/100% of its steps (median over seeds); @100% is uniform's best, which "
-    "about half of uniform's own seeds miss. * = at least one run never reached the target; its "
-    "whole run was taken as its time, so the ratio is a bound. The predicted step gain is "
+    "about half of uniform's own seeds miss. " + CELL_RULE + " The predicted step gain is "
     "2 − 1/G at the learning rate tuned for uniform, in brackets G = (1 + B/b)/(1 + B/(b g)) with "
     "the learning rate re-tuned, from the output layer's noise scale and the delivered variance cut "
     "(see docs/method.md); compare it with the bracketed step ratios. Full tables, ranges and plots are "
@@ -229,7 +230,8 @@ NOTE = (
 SHORT_NOTE = (
     "Uniform's wall-clock time to a target / the sampler's, median over seeds paired by seed, each "
     "sampler at its own best learning rate; in brackets the same ratio in training steps; above 1 is "
-    "faster; * = a bound (some run never reached the target). How to read every column: "
+    "faster; ≥/≤ mark bounds (some run never reached the target), n the seeds a cell stands on. How to "
+    "read every column: "
     "[docs/results/README.md](docs/results/README.md). Regenerate with `make results`."
 )
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

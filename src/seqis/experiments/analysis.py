@@ -85,7 +85,8 @@ def auto_targets(
     targets: list[float] = []
     for f in fractions:
         values = [running_best(rows, f * rows[-1]["step"], "step", metric) for rows in uniform_runs]
-        targets.append(round(statistics.median(v for v in values if v is not None), 6))
+        # Never rounded: a rounded target can fall below a seed's own best, which then "misses" it.
+        targets.append(statistics.median(v for v in values if v is not None))
     return targets
 
 
@@ -100,13 +101,25 @@ def parse_targets(text: str) -> list[float]:
     return values
 
 
-def _pair_stats(ratios: list[float], censored: int, unresolved: int) -> dict:
+def _pair_stats(ratios: list[float], lower: int, upper: int, unresolved: int) -> dict:
+    """Median and range of the pairs' ratios, with what kind of figure the median is.
+
+    A pair where uniform never reached the target has a lower bound (its whole run stands for
+    its time); one where the sampler never did, an upper bound. A median over exact values and
+    lower bounds is a lower bound, likewise for upper; over both kinds of bound it says nothing
+    (``kind`` "mixed", no median).
+    """
+    kind = "mixed" if lower and upper else "lower" if lower else "upper" if upper else "exact"
+    known = bool(ratios) and kind != "mixed"
     return {
-        "median": statistics.median(ratios) if ratios else None,
+        "median": statistics.median(ratios) if known else None,
         "min": min(ratios) if ratios else None,
         "max": max(ratios) if ratios else None,
         "n": len(ratios),
-        "censored": censored,
+        "kind": kind if ratios else "none",
+        "censored": lower + upper,
+        "lower_bounds": lower,
+        "upper_bounds": upper,
         "neither_reached": unresolved,
     }
 
@@ -114,19 +127,19 @@ def _pair_stats(ratios: list[float], censored: int, unresolved: int) -> dict:
 def _paired_ratios(pairs: list[tuple[dict, dict]], target: float, key: str, metric: str) -> dict:
     """Uniform's time-to-target / the sampler's for each (uniform, sampler) pair of one seed."""
     total = {"wall_time_s": "wall_time_s", "step": "steps"}[key]
-    ratios, censored, unresolved = [], 0, 0
+    ratios, lower, upper, unresolved = [], 0, 0, 0
     for u, s in pairs:
         tu = time_to_target(u["rows"], target, key, metric)
         ts = time_to_target(s["rows"], target, key, metric)
         if (tu is None and ts is None) or tu == 0 or ts == 0:  # 0: met before training
             unresolved += 1
             continue
-        if tu is None or ts is None:
-            censored += 1
+        lower += tu is None  # uniform's whole run stands for a longer time: the ratio is at least this
+        upper += ts is None
         tu = tu if tu is not None else u[total]
         ts = ts if ts is not None else s[total]
         ratios.append(tu / ts)
-    return _pair_stats(ratios, censored, unresolved)
+    return _pair_stats(ratios, lower, upper, unresolved)
 
 
 def speedups(

@@ -27,11 +27,31 @@ RUN_HEADER = (
 )
 
 
+BOUND_MARK = {"exact": "", "lower": "≥", "upper": "≤"}
+CELL_RULE = (
+    "Each cell: median over the seeds' pairs, n = pairs it stands on. ≥ marks a lower bound (in some "
+    "pair uniform never reached the target, its whole run taken as its time), ≤ an upper bound (the "
+    "sampler never reached it); a cell whose pairs are bounds of both kinds shows no median. Pairs "
+    "where neither run reached the target are counted as 'neither', never dropped silently."
+)
+
+
+def cell(stat: dict, digits: int = 2) -> str:
+    """``≥1.21 n=3``, ``– (bounds both ways) n=3`` or ``– (neither reached: 3 of 3)``."""
+    neither = stat.get("neither_reached", 0)
+    total = stat["n"] + neither
+    if stat["n"] == 0:
+        return f"– (neither reached: {neither} of {total})"
+    kind = stat.get("kind", "lower" if stat.get("censored") else "exact")
+    text = (
+        "– (bounds both ways)" if stat["median"] is None else f"{BOUND_MARK[kind]}{stat['median']:.{digits}f}"
+    )
+    return text + f" n={stat['n']}" + (f", {neither} neither" if neither else "")
+
+
 def _fmt(stat: dict) -> str:
-    if stat["median"] is None:
-        return "n/a"
-    text = f"{stat['median']:.2f} ({stat['min']:.2f}–{stat['max']:.2f})"
-    return text + (f" [{stat['censored']} censored]" if stat["censored"] else "")
+    text = cell(stat)
+    return text if stat["median"] is None else text + f" ({stat['min']:.2f}–{stat['max']:.2f})"
 
 
 def table(result: dict, key: str = "speedup", metric: str = "val_loss") -> str:
@@ -151,8 +171,7 @@ Each sampler runs at its own best learning rate (lowest median best validation l
 seeds). speedup = uniform's time-to-target / the sampler's, paired by seed: median
 (min–max); above 1 the sampler is faster. Targets are uniform's running best at
 30/60/90/100% of its steps (median over seeds), so about half of uniform's own seeds miss
-the 100% one. A censored pair had a run that never reached the target; its whole run was
-taken as its time, so the ratio is a bound. Evaluation is outside the clock.
+the 100% one. {CELL_RULE} Evaluation is outside the clock.
 
 {chr(10).join(sections)}
 ## Runs (medians over seeds, each sampler at its best learning rate)
