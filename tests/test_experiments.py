@@ -144,6 +144,18 @@ def test_compare_learning_rate_grid(tmp_path, capsys):
     assert "--lrs must be" in capsys.readouterr().err
 
 
+def test_per_sampler_learning_rates_with_budgets_write_the_whole_report(tmp_path):
+    """The fashion-mnist-budget race's shape: --lrs uniform=…,fim=… and --budgets (the report crashed)."""
+    out = tmp_path / "budgets"
+    args = ["compare", "--data", "digits:rows", "--samplers", "fim", "--seeds", "1", "--steps", "20"]
+    extra = ["--lrs", "uniform=0.01,fim=0.005", "--budgets", "1,0.5", "--schedule", "cosine"]
+    assert main([*args, "--eval-every", "10", *extra, "--out", str(out), *TINY]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Budget protocol" in report and "lr 0.005 | lr 0.01" in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_lr"] == {"uniform": 0.01, "fim": 0.005} and "budget_protocol" in summary
+
+
 def test_diagnose_end_to_end(tmp_path, capsys):
     out = tmp_path / "diag"
     assert main(["diagnose", "--data", "digits:rows", "--steps", "60", "--out", str(out), *TINY]) == 0

@@ -81,8 +81,13 @@ def _num(value, spec: str) -> str:
 
 
 def grid_table(result: dict) -> str:
-    """Median over seeds of each run's best validation loss, sampler x learning rate."""
+    """Median over seeds of each run's best validation loss, sampler x learning rate.
+
+    Per-sampler learning rates (``--lrs uniform=…,fim=…``) give one column per distinct rate;
+    a sampler's cell at a rate it did not run is empty.
+    """
     lrs = result["lrs"]
+    lrs = sorted(set(lrs.values())) if isinstance(lrs, dict) else lrs
     lines = ["| sampler | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
     for s in result["samplers"]:
         cells = []
