@@ -2,7 +2,7 @@
 
 import pytest
 
-from seqis.experiments.budgets import analyse_budgets, budget_section, saving_cell
+from seqis.experiments.budgets import analyse_budgets, budget_section, equivalent_cell, saving_cell
 
 BUDGETS = (1.0, 0.8, 0.67, 0.5)
 
@@ -72,3 +72,13 @@ def test_pruning_saves_more_steps_than_budget():
     figure = analyse_budgets(_runs("uniform", UNIFORM) + pruned)["figures"]["prune"]["lossless"]
     assert figure["saving"] == pytest.approx(1.0)
     assert figure["steps_saving"] == pytest.approx(1.25) and figure["time_saving"] == pytest.approx(10 / 9)
+
+
+def test_a_pruned_run_worth_more_uniform_steps_than_its_own():
+    """fashion-mnist-budget's shape: prune's full budget spends 76% of the steps and ends between
+    uniform's 0.8 and full budgets, so each of its steps is worth more than one of uniform's."""
+    pruned = _runs("prune", {1.0: 0.305, 0.8: 0.315, 0.67: 0.325, 0.5: 0.34}, steps_per_budget=760)
+    figure = analyse_budgets(_runs("uniform", UNIFORM) + pruned)["figures"]["prune"]["equivalent"]
+    assert figure["budget"] == pytest.approx(0.9)  # uniform: 0.31 at 0.8, 0.30 at 1
+    assert figure["steps_worth"] == pytest.approx(900 / 760)
+    assert equivalent_cell(figure) == "0.90 (steps worth 1.18×)"

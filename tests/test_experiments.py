@@ -154,6 +154,10 @@ def test_per_sampler_learning_rates_with_budgets_write_the_whole_report(tmp_path
     assert "## Budget protocol" in report and "lr 0.005 | lr 0.01" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_lr"] == {"uniform": 0.01, "fim": 0.005} and "budget_protocol" in summary
+    assert sorted((r["sampler"], r["budget"], r["steps"]) for r in summary["runs"]) == [
+        ("fim", 0.5, 10), ("fim", 1.0, 20), ("uniform", 0.5, 10), ("uniform", 1.0, 20)
+    ]
+    assert main([*args, *extra[:2], "--budgets", "0.8,0.5", "--out", str(out), *TINY]) == 2  # no reference
 
 
 def test_diagnose_end_to_end(tmp_path, capsys):
@@ -230,14 +234,17 @@ def test_results_driver_runs_skips_current_races_and_writes_tables(tmp_path, mon
 
 
 def test_committed_results_tables_are_what_the_script_writes():
-    """The README's and the results page's tables come from the committed summaries, untouched."""
+    """The README's and the results page's tables come from the committed summaries, untouched;
+    the budget protocol leads both."""
     results = _results_script()
-    for path, prefix in (
-        (ROOT / "README.md", "docs/results/"),
-        (ROOT / "docs" / "results" / "README.md", ""),
-    ):
-        block = path.read_text().split(results.BEGIN, 1)[1].split(results.END, 1)[0]
-        assert results.summarize(prefix) in block, path
+    readme, page = (
+        p.read_text().split(results.BEGIN, 1)[1].split(results.END, 1)[0]
+        for p in (ROOT / "README.md", ROOT / "docs" / "results" / "README.md")
+    )
+    lead = results.budget_summary("docs/results/")
+    assert lead and readme.index(lead) < readme.index(results.POINTER)
+    page_lead, constant = results.budget_summary(), results.summarize()
+    assert page.index(page_lead) < page.index(constant)
 
 
 def test_history_rows_old_lists_and_new_records_read_alike():

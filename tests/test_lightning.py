@@ -153,3 +153,47 @@ def test_reloaded_dataloaders_keep_the_miner_and_the_hooks(example, tmp_path):
     assert loader.steps == 24  # one loader across epochs: the miner counted every step
     assert len(module.head._forward_hooks) == 0  # taken off at the end, and never piled up
     assert module.head is loader.output_layer and len(loader.norms._handles) == 0
+
+
+def test_a_users_own_scheduler_runs_unchanged_under_the_callback(example, tmp_path):
+    """The callback never touches the optimizer: a per-step OneCycleLR gives the same rates."""
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+
+    class Scheduled(example["VowelClassifier"]):
+        def configure_optimizers(self):
+            optimizer = torch.optim.AdamW(self.parameters(), lr=0.01)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=40)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    class Rates(pl.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def fit(callbacks):
+        rates = Rates()
+        dataset = example["Recordings"](data, data.train_idx.tolist())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
+        pl.seed_everything(0, verbose=False)
+        trainer = pl.Trainer(
+            max_steps=40,
+            callbacks=[*callbacks, rates],
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Scheduled(data.input_size, data.num_outputs), train_dataloaders=loader)
+        return rates.seen
+
+    importance = ImportanceSampling("head", seqis.MiningConfig(always_on=True, warmup_steps=8, check_every=4))
+    with_callback, plain = fit([importance]), fit([])
+    assert importance.loader.steps == 40, importance.loader.steps
+    assert importance.loader.miner.active_steps > 0 and len(with_callback) == 40
+    assert with_callback == pytest.approx(plain) and max(plain) == pytest.approx(0.01, rel=0.05)

@@ -43,6 +43,20 @@ def test_load_data_reads_a_file_of_the_format(tmp_path):
     assert len(data.val_idx) > 0 and len(data.train_idx) + len(data.val_idx) == len(data)
 
 
+def test_names_and_names_first_read_the_packages_two_files(tmp_path, monkeypatch):
+    folder = tmp_path / "names_dataset"
+    (folder / "v3").mkdir(parents=True)
+    _write(folder / "v3" / "last_names.pkl.gz", TABLE)
+    first = {f"Maria{i}": {"country": {"ES": 1.0}, "gender": {}, "rank": {}} for i in range(8)}
+    first.update({f"John{i}": {"country": {"US": 1.0}, "gender": {}, "rank": {}} for i in range(8)})
+    _write(folder / "v3" / "first_names.pkl.gz", first)
+    spec = type("Spec", (), {"submodule_search_locations": [str(folder)]})()
+    monkeypatch.setattr(names.importlib.util, "find_spec", lambda name: spec)
+    options = DataOptions(seq_len=10, val_fraction=0.25)
+    assert load_data("names", options).classes == ["ES", "GB", "US", "VN"]
+    assert load_data("names:first", options).classes == ["ES", "US"]
+
+
 def test_missing_package_names_it(monkeypatch):
     monkeypatch.setattr(names.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match="names-dataset package"):

@@ -12,7 +12,13 @@ from seqis.importance.factors import exact_factors
 from seqis.importance.switch import ceiling, estimated_gain
 from seqis.models.rnn import ModelConfig, RecurrentModel
 from seqis.sampling.loader import RankSlice
-from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, PruningSampler, UniformBatchSampler
+from seqis.sampling.sampler import (
+    ImportanceSampler,
+    PresamplingSampler,
+    PruningSampler,
+    RandomSubsetSampler,
+    UniformBatchSampler,
+)
 from seqis.sampling.sumtree import SumTree
 
 
@@ -389,3 +395,31 @@ def test_packed_sequences_give_the_same_losses(task):
         model = RecurrentModel(data.task, data.input_size, data.num_outputs, cfg, tokens=data.tokens)
         losses.append(model(batch).loss)
     assert torch.allclose(losses[0], losses[1], atol=1e-6)
+
+
+def test_random_subset_epochs_are_fresh_fixed_size_unweighted_and_anneal_to_full():
+    n, b = 200, 10
+    sampler = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=100, anneal=0.2)
+    seen_per_epoch, covered = {}, set()
+    for _ in range(80):  # the first 80% of the plan: subsets of 140, each a new random one
+        idx, w = sampler.draw()  # 14 batches an epoch: none crosses an epoch's end
+        assert (w == 1).all()
+        seen_per_epoch.setdefault(sampler.epoch, []).extend(idx.tolist())
+    full_epochs = [e for e, drawn in seen_per_epoch.items() if len(drawn) == 140]
+    assert len(full_epochs) >= 4
+    for e in full_epochs:
+        drawn = seen_per_epoch[e]
+        assert len(set(drawn)) == 140  # no repeats within an epoch
+        covered |= set(drawn)
+    assert len({frozenset(seen_per_epoch[e]) for e in full_epochs}) == len(full_epochs)  # fresh subsets
+    assert len(covered) > 0.95 * n  # over epochs the subsets cover the data
+    tail = [sampler.draw() for _ in range(20)]  # the last 20%: full, unweighted epochs
+    assert sampler.annealing and len(sampler._order) == n and all((w == 1).all() for _, w in tail)
+    copy = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=100, anneal=0.2)
+    copy.load_state_dict(sampler.state_dict())
+    assert all(torch.equal(sampler.draw()[0], copy.draw()[0]) for _ in range(30))  # resumes exactly
+
+
+def test_random_subset_refuses_an_empty_fraction():
+    with pytest.raises(ValueError, match="subset fraction"):
+        RandomSubsetSampler(range(10), batch_size=2, fraction=0.0)

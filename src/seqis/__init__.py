@@ -41,6 +41,7 @@ _PUBLIC = {
     "UniformBatchSampler": "seqis.sampling.sampler",
     "ImportanceSampler": "seqis.sampling.sampler",
     "PruningSampler": "seqis.sampling.sampler",
+    "RandomSubsetSampler": "seqis.sampling.sampler",
     "WeightedDataset": "seqis.sampling.loader",
     "weighted_collate": "seqis.sampling.loader",
     "RankSlice": "seqis.sampling.loader",

@@ -269,7 +269,7 @@ def _cmd_compare(args) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     lrs = _learning_rates(args.lrs) if args.lrs else None
-    budgets = _numbers(args.budgets, "--budgets", upper=1.0) if args.budgets else None
+    budgets = _budgets(args.budgets) if args.budgets else None
     config = train_config(args)
     result = compare(config, samplers, args.seeds, args.targets, args.command_line, lrs, budgets)
     print(result["tables"]["val_loss"])
@@ -288,6 +288,16 @@ def _numbers(text: str, flag: str, upper: float = float("inf")) -> list[float]:
     if not values or any(not 0 < v <= upper for v in values):
         raise ConfigError(f"{flag} must be numbers in (0, {upper:g}], got {text!r}")
     return values
+
+
+def _budgets(text: str) -> list[float]:
+    """``--budgets``: shares of the plan in (0, 1], the full budget 1 among them (the reference)."""
+    from seqis.errors import ConfigError
+
+    budgets = _numbers(text, "--budgets", upper=1.0)
+    if 1.0 not in budgets:
+        raise ConfigError(f"--budgets must include 1, the full budget savings are measured by; got {text!r}")
+    return budgets
 
 
 def _learning_rates(text: str) -> list[float] | dict[str, float]:

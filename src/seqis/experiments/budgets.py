@@ -94,11 +94,20 @@ def lossless_saving(table: dict[str, dict[float, dict]], sampler: str) -> dict:
 
 
 def equivalent_uniform_budget(table: dict[str, dict[float, dict]], sampler: str) -> dict:
-    """The budget at which uniform's mean loss equals the sampler's at the full budget."""
-    target = table[sampler][max(table[sampler])]["loss"]["mean"]
+    """The budget at which uniform's mean loss equals the sampler's at the full budget.
+
+    ``steps_worth`` is uniform's steps at that budget over the sampler's full-budget steps:
+    how many uniform steps each of the sampler's steps is worth (a pruned epoch is shorter,
+    so a sampler can be worth more steps than budget).
+    """
+    full = table[sampler][max(table[sampler])]
     uniform = [(b, table["uniform"][b]["loss"]["mean"]) for b in sorted(table["uniform"])]
-    budget, kind = _crossing(uniform, target)
-    return {"budget": budget, "kind": kind if budget is not None else "above"}  # above: > the full budget
+    budget, kind = _crossing(uniform, full["loss"]["mean"])
+    if budget is None:
+        return {"budget": None, "kind": "above", "steps_worth": None}  # above: > the full budget
+    steps = [(b, table["uniform"][b]["steps"]) for b in sorted(table["uniform"])]
+    uniform_steps = _interpolate(steps, budget)
+    return {"budget": budget, "kind": kind, "steps_worth": uniform_steps / full["steps"]}
 
 
 def analyse_budgets(records: list[dict]) -> dict:
@@ -127,10 +136,13 @@ def saving_cell(lossless: dict) -> str:
 
 
 def equivalent_cell(equivalent: dict) -> str:
+    """``0.92 (steps worth 1.21×)``; ``> 1`` when uniform's full budget is worse."""
     if equivalent["kind"] == "above":
         return "> 1 (better than uniform's full budget)"
     bound = "≤ " if equivalent["kind"] == "at_most" else ""
-    return f"{bound}{equivalent['budget']:.2f}"
+    worth = equivalent.get("steps_worth")
+    steps = f" (steps worth {bound}{worth:.2f}×)" if worth is not None else ""
+    return f"{bound}{equivalent['budget']:.2f}{steps}"
 
 
 def budget_section(result: dict) -> str:
@@ -156,7 +168,7 @@ def budget_section(result: dict) -> str:
                 continue
             loss, acc = row["loss"], row["acc"]
             text = f"{loss['mean']:.4f} [{loss['min']:.4f}–{loss['max']:.4f}] n={loss['n']}"
-            text += f", acc {acc['mean']:.4f}" if acc else ""
+            text += f", acc {acc['mean']:.4f} [{acc['min']:.4f}–{acc['max']:.4f}]" if acc else ""
             cells.append(text + f", {row['steps']:.0f} steps, {row['seconds']:.0f} s")
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]

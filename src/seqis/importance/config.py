@@ -5,7 +5,8 @@ The *sampler* is a sampling scheme and the *factor* the score it ranks sequences
 - ``uniform``: shuffled epochs, no factors;
 - ``importance``: draws with p ~ factor (FIM's), unbiasing weights 1/(N p), the switch;
 - ``presample``: Katharopoulos & Fleuret's presampling, fresh scores of 3b uniform candidates;
-- ``prune``: InfoBatch's soft pruning of below-mean sequences per epoch.
+- ``prune``: InfoBatch's soft pruning of below-mean sequences per epoch;
+- ``subset``: pruning's honest control, a random ``--subset-fraction`` of each epoch (RS2).
 
 The old one-word spellings stay as shorthands: ``fim``, ``loss`` and ``exact`` are
 ``importance`` with that factor, ``gradnorm`` is ``presample`` with the gradnorm factor (its
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from seqis.importance.factors import FACTORS
 from seqis.options import at_least_one, check, one_of, option, within
 
-SCHEMES = ("uniform", "importance", "presample", "prune")
+SCHEMES = ("uniform", "importance", "presample", "prune", "subset")
 # shorthand -> (scheme, factor)
 SHORTHANDS = {
     "fim": ("importance", "fim"),
@@ -42,7 +43,7 @@ class MiningConfig:
 
     sampler: str = option(
         "importance",
-        "sampling scheme (uniform, importance, presample, prune) or a shorthand: fim, loss, exact "
+        "sampling scheme (uniform, importance, presample, prune, subset) or a shorthand: fim, loss, exact "
         "(importance with that factor), gradnorm (presample with it)",
         choices=SAMPLER_NAMES,
         commands=("train", "diagnose"),
@@ -70,7 +71,10 @@ class MiningConfig:
     )
     lr_scale_max: float = option(2.0, "bound on the --lr-scale multiplier (>= 1)")
     prune_ratio: float = option(0.5, "prune: probability of skipping a below-mean sequence in an epoch")
-    prune_anneal: float = option(0.125, "prune: final share of the planned steps on full epochs")
+    prune_anneal: float = option(0.125, "prune, subset: final share of the planned steps on full epochs")
+    subset_fraction: float = option(
+        0.75, "subset: share of each epoch trained (set it to the share prune keeps, to compare)"
+    )
     anneal: float = option(0.0, "importance: final share of the planned steps drawn uniformly")
 
     def __post_init__(self) -> None:
@@ -98,6 +102,7 @@ class MiningConfig:
         check(self.lr_scale_max >= 1, f"--lr-scale-max must be >= 1, got {self.lr_scale_max}")
         within(self.prune_ratio, 0, 1, "prune-ratio", closed_high=False)
         within(self.prune_anneal, 0, 1, "prune-anneal")
+        within(self.subset_fraction, 0, 1, "subset-fraction", closed_low=False)
         within(self.anneal, 0, 1, "anneal")
         self._check_scheme_options()
 
@@ -118,8 +123,8 @@ class MiningConfig:
             )
         if self.anneal > 0:
             check(
-                self.sampler != "prune",
-                "--anneal applies to importance draws; prune anneals with --prune-anneal",
+                self.sampler not in ("prune", "subset"),
+                f"--anneal applies to importance draws; {self.sampler} anneals with --prune-anneal",
             )
         if self.sampler == "prune":
             check(self.factor != "exact", "--sampler prune ranks by fim, loss or gradnorm, not exact")
@@ -135,8 +140,8 @@ class MiningConfig:
     @property
     def label(self) -> str:
         """The run's name for its sampler: a shorthand where one fits, else scheme:factor."""
-        if self.sampler == "uniform":
-            return "uniform"
+        if self.sampler in ("uniform", "subset"):
+            return self.sampler
         if self.sampler == "prune":
             return "prune" if self.factor == "fim" else f"prune:{self.factor}"
         for name, pair in SHORTHANDS.items():

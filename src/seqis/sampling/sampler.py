@@ -519,3 +519,47 @@ class PruningSampler(UniformBatchSampler):
         self._order, self._weights = state["order"].clone(), state["weights"].clone()
         # Checkpoints from before the per-draw annealing lack it: a pruned epoch has weights above 1.
         self._pruned = bool(state.get("pruned", (self._weights != 1).any()))
+
+
+class RandomSubsetSampler(PruningSampler):
+    """The honest control for pruning: a fresh random subset of each epoch, of a fixed size.
+
+    RS2 (Okanovic et al. 2023, repeated sampling of random subsets, here with replacement
+    between epochs): every epoch trains a seeded random ``fraction`` of the data, unweighted,
+    and the last ``anneal`` share of the plan trains on full epochs, exactly as
+    :class:`PruningSampler` does. Given the fraction pruning kept, it spends the same steps
+    per epoch; a pruning rule that does not beat it is not selecting, only training less.
+
+    Example:
+        >>> sampler = RandomSubsetSampler(range(1000), batch_size=50, fraction=0.7, seed=0)
+        >>> len(sampler)                          # 700 sequences an epoch
+        14
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int] | Tensor,
+        batch_size: int,
+        fraction: float = 0.75,
+        seed: int = 0,
+        total_steps: int | None = None,
+        anneal: float = 0.125,
+        total_epochs: float | None = None,
+    ):
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction  # read by _permutation, which the base class calls
+        super().__init__(indices, batch_size, 0.0, seed, total_steps, anneal, total_epochs)
+        self._active = True
+
+    def _permutation(self) -> Tensor:
+        order = UniformBatchSampler._permutation(self)
+        self._weights, self._pruned = torch.ones(self.num_sequences), False
+        size = max(min(self.batch_size, self.num_sequences), round(self.fraction * self.num_sequences))
+        if size >= self.num_sequences or self._annealing_at(float(self.epoch)):
+            return order
+        self._pruned = True  # a short epoch: the draw entering the full-data tail ends it
+        return order[:size]
+
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+        """A random subset keeps no factors."""

@@ -18,7 +18,13 @@ from seqis.distributed import DistContext
 from seqis.importance.config import PRESAMPLE_RATIO, MiningConfig
 from seqis.importance.mining import Miner
 from seqis.options import check
-from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler, PruningSampler, UniformBatchSampler
+from seqis.sampling.sampler import (
+    ImportanceSampler,
+    PresamplingSampler,
+    PruningSampler,
+    RandomSubsetSampler,
+    UniformBatchSampler,
+)
 
 Sampler = UniformBatchSampler  # every sampler derives from it
 
@@ -42,7 +48,7 @@ def sampling_for(
     scores presampling's candidates; ``lengths`` (by dataset index) orders refresh batches and
     are cost-aware draws' costs; ``total_steps`` places ``anneal`` and ``prune_anneal`` (or
     ``total_epochs``, for pruning planned in epochs).
-    Uniform sampling has no miner.
+    Uniform sampling and the random-subset control have no miner.
 
     Example:
         >>> sampler, miner = sampling_for(MiningConfig(sampler="fim"), torch.arange(1000), 64)
@@ -51,6 +57,11 @@ def sampling_for(
     _check(config, score_fn, lengths, total_steps, total_epochs)
     if config.sampler == "uniform":
         return UniformBatchSampler(indices, batch_size, seed=seed), None
+    if config.sampler == "subset":
+        subset = RandomSubsetSampler(
+            indices, batch_size, config.subset_fraction, seed, total_steps, config.prune_anneal, total_epochs
+        )
+        return subset, None
     if config.sampler == "prune":
         sampler = PruningSampler(
             indices,
@@ -84,7 +95,7 @@ def _check(
     """Settings this caller cannot honour are refused, never silently ignored."""
     if config.anneal > 0:
         check(total_steps is not None, "--anneal is a share of the planned steps: give the number of steps")
-    if config.sampler == "prune" and config.prune_anneal > 0:
+    if config.sampler in ("prune", "subset") and config.prune_anneal > 0:
         check(
             total_steps is not None or total_epochs is not None,
             "--prune-anneal is a share of the planned steps or epochs: give --steps or --epochs",
