@@ -125,6 +125,21 @@ def test_a_head_called_once_per_step_gives_per_sequence_norms(chunk, hidden):
     assert torch.allclose(factors, _reference(lm_sequence_mean_smoothed(model(x), y, mask), model.head))
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_the_refresh_scorer_counts_every_call_of_a_step_by_step_head(chunk):
+    from seqis.importance.scoring import output_layer_scorer
+
+    torch.manual_seed(0)
+    model = StepDecoder(chunk=chunk).double()
+    x, y, mask = _lm_batch()
+    def per_sequence(m, i):
+        return lm_sequence_mean_smoothed(m(x[i]), y[i], mask[i])
+
+    score = output_layer_scorer(model, model.head, per_sequence, lambda i: i)
+    factors = score(torch.arange(len(x)))
+    assert torch.allclose(factors, _reference(lm_sequence_mean_smoothed(model(x), y, mask), model.head))
+
+
 def test_calls_that_do_not_pair_up_are_refused():
     torch.manual_seed(0)
     model = StepDecoder().double()

@@ -102,7 +102,7 @@ class _Draws(pl.Callback):
         self.batches.append([round(float(v), 4) for v in x.sum(dim=(1, 2))])
 
 
-def _fit(example, tmp_path, steps, module=None, resume=None, **trainer_args):
+def _fit(example, tmp_path, steps, module=None, resume=None, config=None, **trainer_args):
     import seqis
 
     data = seqis.load_data("ucr:JapaneseVowels")
@@ -110,8 +110,10 @@ def _fit(example, tmp_path, steps, module=None, resume=None, **trainer_args):
         example["Recordings"](data, data.train_idx.tolist()), batch_size=16, collate_fn=example["pad_collate"]
     )
     pl.seed_everything(0, verbose=False)
+    own_module = module is not None  # a module of its own brings its own train_dataloader
     module = module or example["VowelClassifier"](data.input_size, data.num_outputs)
-    importance, draws = ImportanceSampling("head", seqis.MiningConfig(warmup_steps=1000)), _Draws()
+    config = config or seqis.MiningConfig(warmup_steps=1000)
+    importance, draws = ImportanceSampling("head", config), _Draws()
     every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=15, save_top_k=-1)
     trainer = pl.Trainer(
         max_steps=steps,
@@ -123,7 +125,7 @@ def _fit(example, tmp_path, steps, module=None, resume=None, **trainer_args):
         default_root_dir=tmp_path,
         **trainer_args,
     )
-    trainer.fit(module, train_dataloaders=None if trainer_args else loader, ckpt_path=resume)
+    trainer.fit(module, train_dataloaders=None if own_module else loader, ckpt_path=resume)
     return importance, draws.batches
 
 
@@ -197,3 +199,38 @@ def test_a_users_own_scheduler_runs_unchanged_under_the_callback(example, tmp_pa
     assert importance.loader.steps == 40, importance.loader.steps
     assert importance.loader.miner.active_steps > 0 and len(with_callback) == 40
     assert with_callback == pytest.approx(plain) and max(plain) == pytest.approx(0.01, rel=0.05)
+
+
+def test_planned_steps_count_batches_under_gradient_accumulation(example, tmp_path):
+    """max_steps counts optimizer steps; the loader's anneal shares count batches."""
+    import seqis
+
+    config = seqis.MiningConfig(sampler="prune", prune_anneal=0.25)
+    importance, _ = _fit(example, tmp_path, 10, accumulate_grad_batches=3, config=config)
+    assert importance.loader.sampler.total_steps == 30 and importance.loader.steps == 30
+
+
+def test_a_modules_own_importance_loader_is_driven_by_the_callback(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+
+    class OwnLoader(example["VowelClassifier"]):
+        def train_dataloader(self):
+            dataset = example["Recordings"](data, data.train_idx.tolist())
+            plain = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
+            return seqis.ImportanceLoader(plain, self.head, seqis.MiningConfig(always_on=True))
+
+    importance = ImportanceSampling("head")
+    trainer = pl.Trainer(
+        max_steps=60,
+        callbacks=[importance],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(OwnLoader(data.input_size, data.num_outputs))
+    assert importance.loader is not None and importance.loader.steps == 60 and importance.loader.active

@@ -423,3 +423,16 @@ def test_random_subset_epochs_are_fresh_fixed_size_unweighted_and_anneal_to_full
 def test_random_subset_refuses_an_empty_fraction():
     with pytest.raises(ValueError, match="subset fraction"):
         RandomSubsetSampler(range(10), batch_size=2, fraction=0.0)
+
+
+def test_presampling_epochs_count_trained_sequences_not_candidates():
+    n, b = 120, 10
+    sampler = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=0, ratio=3)
+    sampler.score_fn = lambda index: index.double() + 1.0
+    sampler.active = True
+    for _ in range(6):  # 60 trained sequences from 180 candidates
+        sampler.draw()
+    assert sampler.epochs_done == pytest.approx(0.5)
+    copy = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=0, ratio=3)
+    copy.load_state_dict(sampler.state_dict())
+    assert copy.epochs_done == pytest.approx(0.5)

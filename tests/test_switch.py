@@ -9,7 +9,8 @@ from seqis.experiments.diagnose import judge, switch_for
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.noise import NoiseScale
-from seqis.importance.switch import Switch, delivered_gain, estimated_gain, mining_cost
+from seqis.importance.switch import HarvestSample, Switch, delivered_gain, estimated_gain, mining_cost
+from seqis.models.rnn import ModelConfig
 from seqis.sampling.sampler import ImportanceSampler
 from seqis.training.config import TrainConfig
 from seqis.training.wiring import sampling_for
@@ -137,6 +138,24 @@ def test_diagnose_and_train_decide_with_one_rule():
         assert judge(config, s, b_noise)["is_pays"] == switch_for(config).pays(gain, b_noise)
 
 
+@pytest.mark.parametrize("lr_scale", ["none", "sqrt"])
+def test_diagnose_judges_cost_aware_draws_and_lr_scaling_as_train_does(lr_scale):
+    """Under --cost-aware the gain is of p ~ s/sqrt(length); under --lr-scale the step gain is re-tuned."""
+    mining = MiningConfig(cost_aware=True, lr_scale=lr_scale, warmup_steps=1, check_every=1)
+    config = TrainConfig(batch_size=64, mining=mining, model=ModelConfig(pack=True))
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, 4000).astype(float)
+    s = rng.lognormal(0, 0.8, 4000) * np.sqrt(lengths)  # long sequences score higher
+    sample = HarvestSample(np.zeros_like(s), s / s.mean(), np.ones_like(s), lengths / lengths.mean())
+    for b_noise in (20.0, 60.0, 300.0):
+        switch = switch_for(config)
+        decided = switch.decide(1, False, sample, b_noise)
+        verdict = judge(config, s, b_noise, costs=lengths)
+        assert verdict["estimated_gain"] == pytest.approx(switch.history[-1].gain)
+        assert verdict["is_pays"] is decided
+        assert f"{switch.predicted_step_gain(switch.history[-1].gain, b_noise):.3f}x" in verdict["verdict"]
+
+
 def test_each_option_is_checked_once_with_one_error_type():
     with pytest.raises(ConfigError, match="--smoothing must be in"):
         MiningConfig(smoothing=0)
@@ -146,6 +165,10 @@ def test_each_option_is_checked_once_with_one_error_type():
         MiningConfig(sampler="prune", refresh_fraction=0.2)
     with pytest.raises(ConfigError, match="--cost-aware needs --pack"):
         TrainConfig(mining=MiningConfig(cost_aware=True))
+    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(device="gpu")
+    with pytest.raises(ConfigError, match="harvest_cost must be >= 0"):
+        MiningConfig(harvest_cost=-0.1)
     config = MiningConfig(sampler="gradnorm")
     assert (config.sampler, config.factor, config.label, config.refresh_share) == (
         "presample",
@@ -155,3 +178,11 @@ def test_each_option_is_checked_once_with_one_error_type():
     )
     assert MiningConfig(sampler="prune", factor="loss").label == "prune:loss"
     assert TrainConfig().with_sampler("importance:loss").mining.label == "loss"
+    # compare --factor loss --samplers uniform,importance,prune,fim: a plain scheme takes --factor
+    by_loss = TrainConfig(mining=MiningConfig(factor="loss"))
+    assert [by_loss.with_sampler(s).mining.label for s in ("uniform", "importance", "prune", "fim")] == [
+        "uniform",
+        "loss",
+        "prune:loss",
+        "fim",
+    ]

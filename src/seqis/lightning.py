@@ -45,8 +45,8 @@ class ImportanceSampling(pl.Callback):
         config: mining settings; the defaults are the races'.
         loss_fn: optional ``(module, batch) -> per-sequence losses`` for forward-only refresh.
         seed: seeds the draws.
-        total_steps: the planned steps for ``anneal`` and ``prune_anneal`` (default: the
-            trainer's ``max_steps`` when it sets one).
+        total_steps: the planned batches for ``anneal`` and ``prune_anneal`` (default: the
+            trainer's ``max_steps`` times ``accumulate_grad_batches`` when it sets one).
 
     Example:
         >>> trainer = pl.Trainer(max_steps=1000, callbacks=[ImportanceSampling("head")])
@@ -80,7 +80,9 @@ class ImportanceSampling(pl.Callback):
 
         def importance_dataloader() -> ImportanceLoader:
             loader = request()
-            if isinstance(loader, ImportanceLoader):
+            if isinstance(loader, ImportanceLoader):  # the module built its own: drive that one
+                self.loader = loader
+                loader.fetches_ahead = True
                 return loader
             if self.loader is not None:  # reloaded (reload_dataloaders_every_n_epochs): keep all state
                 self.loader.rebind(loader)
@@ -121,7 +123,11 @@ class ImportanceSampling(pl.Callback):
 
 
 def _planned_steps(trainer: pl.Trainer) -> int | None:
-    return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    """The planned *batches*: ``max_steps`` counts optimizer steps, each of which takes
+    ``accumulate_grad_batches`` batches, and the loader (its anneal shares) counts batches."""
+    if not trainer.max_steps or trainer.max_steps <= 0:
+        return None
+    return trainer.max_steps * trainer.accumulate_grad_batches
 
 
 def weighted_mean(module: pl.LightningModule, per_sequence_loss: Tensor) -> Tensor:

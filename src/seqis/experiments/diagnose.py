@@ -56,9 +56,10 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
     if checkpoint is not None:
         model_state["final_val_loss"] = evaluate(model, data, data.val_idx, device)[0]
         model_state["train_per_seq"] = _time_training_step(model, data, config.batch_size, device)
-    factors, score_per_seq = _score_sample(config, model, data, device, sample)
+    factors, score_per_seq, pool = _score_sample(config, model, data, device, sample)
     noise = model_state["noise"]
-    report = judge(config, factors, noise.noise_scale if noise is not None else None)
+    costs = data.lengths[pool].double().numpy() if config.mining.cost_aware else None
+    report = judge(config, factors, noise.noise_scale if noise is not None else None, costs)
     report.update(
         trained_steps=model_state["step"],
         final_val_loss=model_state["final_val_loss"],
@@ -70,13 +71,18 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
     return _write(config, report, factors, model_state["noise_history"])
 
 
-def judge(config: TrainConfig, factors: np.ndarray, noise_scale: float | None) -> dict:
-    """The switch's verdict on fresh ``factors`` and a recorded noise scale: what ``train`` decides."""
+def judge(
+    config: TrainConfig, factors: np.ndarray, noise_scale: float | None, costs: np.ndarray | None = None
+) -> dict:
+    """The switch's verdict on fresh ``factors`` and a recorded noise scale: what ``train`` decides.
+
+    ``costs`` (the sequences' lengths) under ``--cost-aware``, whose draws and gain follow s/sqrt(c).
+    """
     switch = switch_for(config)
     s = np.asarray(factors, dtype=np.float64)
-    gain = estimated_gain(s, config.mining.smoothing)
+    gain = estimated_gain(s, config.mining.smoothing, costs)
     b_noise = noise_scale
-    step_gain = predicted_step_gain(b_noise, gain, config.batch_size)
+    step_gain = switch.predicted_step_gain(gain, b_noise)  # what pays() judges: re-tuned under --lr-scale
     pays = switch.pays(gain, b_noise)
     return {
         "data": config.data,
@@ -89,7 +95,7 @@ def judge(config: TrainConfig, factors: np.ndarray, noise_scale: float | None) -
         "ceiling": ceiling(s),
         "estimated_gain": gain,
         "noise_scale": b_noise,
-        "predicted_step_gain": step_gain,
+        "predicted_step_gain": predicted_step_gain(b_noise, gain, config.batch_size),
         "predicted_step_gain_lr_retuned": predicted_step_gain(b_noise, gain, config.batch_size, True),
         "predicted_mining_cost": switch.cost,
         "is_pays": pays,
@@ -107,7 +113,9 @@ def _verdict(config, s, gain, b_noise, step_gain, cost, pays) -> str:
         text += (
             f"Gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: the cut "
             "predicts "
-            f"{step_gain:.3f}x fewer steps at the same learning rate, against a predicted mining cost of "
+            f"{step_gain:.3f}x fewer steps "
+            + ("with the learning rate scaled" if mining.lr_scale != "none" else "at the same learning rate")
+            + ", against a predicted mining cost of "
             f"{cost:.1%}. "
         )
     else:
@@ -146,15 +154,17 @@ def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:
     return found
 
 
-def _score_sample(config: TrainConfig, model, data, device, sample: int) -> tuple[np.ndarray, float]:
-    """Factors of a seeded uniform sample of training sequences, and the seconds per sequence."""
+def _score_sample(
+    config: TrainConfig, model, data, device, sample: int
+) -> tuple[np.ndarray, float, torch.Tensor]:
+    """Factors of a seeded uniform sample of training sequences, the seconds per sequence, the sample."""
     model.eval()
     g = torch.Generator().manual_seed(config.seed)
     pool = data.train_idx[torch.randperm(len(data.train_idx), generator=g)[:sample]]
     start = time.perf_counter()
     chunks = pool.split(config.mining.refresh_batch)
     factors = torch.cat([score(config.mining.factor, model, data.batch(c).to(device)).cpu() for c in chunks])
-    return factors.double().numpy(), (time.perf_counter() - start) / len(pool)
+    return factors.double().numpy(), (time.perf_counter() - start) / len(pool), pool
 
 
 def _write(config: TrainConfig, report: dict, factors: np.ndarray, history: list) -> dict:

@@ -91,6 +91,10 @@ class MiningConfig:
         one_of(self.factor, FACTORS, "factor")
         within(self.smoothing, 0, 1, "smoothing", closed_low=False)
         at_least_one(self.refresh_batch, "refresh-batch")
+        check(
+            self.forward_cost >= 0 and self.harvest_cost >= 0,
+            f"forward_cost and harvest_cost must be >= 0, got {self.forward_cost} and {self.harvest_cost}",
+        )
         for name in ("check_every", "warmup_steps", "switch_sample", "switch_every"):
             at_least_one(getattr(self, name), name.replace("_", "-"))
         check(self.min_gain > 0 and self.min_gain_off > 0, "--min-gain and --min-gain-off must be > 0")

@@ -67,7 +67,7 @@ def output_layer_scorer(
     if not isinstance(output_layer, nn.Linear):
         raise TypeError(f"the output layer must be an nn.Linear, got {type(output_layer).__name__}")
     module = getattr(model, "module", model)  # DistributedDataParallel: score without its hooks
-    captured: dict[str, Tensor] = {}
+    calls: list[tuple[Tensor, Tensor]] = []  # (input, output) of every call through the layer
 
     def detach_inputs(layer: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         # A leaf that requires grad: the backward stops here, and full backward hooks on the
@@ -75,7 +75,8 @@ def output_layer_scorer(
         return (inputs[0].detach().requires_grad_(), *inputs[1:])
 
     def capture(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        captured["inputs"], captured["outputs"] = inputs[0].detach(), output
+        # Every call: a step-by-step decoder calls its head once per time step.
+        calls.append((inputs[0].detach(), output))
 
     def score_fn(index: Tensor) -> Tensor:
         batch = fetch(index)
@@ -93,16 +94,26 @@ def output_layer_scorer(
                         f"loss_fn must return one loss per sequence ({len(index)}), "
                         f"got shape {tuple(losses.shape)}"
                     )
-                (grads,) = torch.autograd.grad(losses.sum(), captured["outputs"])
+                if not calls:
+                    raise RuntimeError("loss_fn never called the output layer")
+                outputs = [out for _, out in calls]
+                grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            # A call the loss does not use (a decoder's last step) has a zero gradient.
+            grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)]
+            inputs = [inp for inp, _ in calls]
         finally:
             for handle in handles:
                 handle.remove()
             module.train(was_training)
-        inputs = captured.pop("inputs")
-        captured.clear()
-        if inputs.dim() == 2:  # (B, H): one output per sequence
-            inputs, grads = inputs.unsqueeze(1), grads.unsqueeze(1)
-        dtype = torch.promote_types(grads.dtype, torch.float32)
-        return output_layer_norms(grads.to(dtype), inputs.to(dtype)).detach()
+            calls.clear()
+        return _norms_over_calls(inputs, grads)
 
     return score_fn
+
+
+def _norms_over_calls(inputs: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """Output-layer gradient norms with the layer's calls laid side by side as time steps."""
+    steps_in = [x.unsqueeze(1) if x.dim() == 2 else x for x in inputs]  # (B, H): one output a call
+    steps_grad = [g.unsqueeze(1) if g.dim() == 2 else g for g in grads]
+    dtype = torch.promote_types(steps_grad[0].dtype, torch.float32)
+    return output_layer_norms(torch.cat(steps_grad, 1).to(dtype), torch.cat(steps_in, 1).to(dtype)).detach()

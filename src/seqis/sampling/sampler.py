@@ -370,11 +370,20 @@ class PresamplingSampler(ImportanceSampler):
             raise ValueError(f"presampling ratio must be >= 1, got {ratio}")
         self.ratio = ratio
         self.score_fn = None
+        self.candidates_not_trained = 0  # pool draws beyond the b trained: not epoch progress
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs of *trained* sequences: a step scores ``ratio * b`` candidates but trains b,
+        so a schedule over ``--epochs`` follows the b (counting candidates ended the plan at
+        a third of uniform's sequences)."""
+        return UniformBatchSampler.epochs_done.fget(self) - self.candidates_not_trained / self.num_sequences
 
     def draw(self) -> tuple[Tensor, Tensor]:
         if not self.active or self.score_fn is None:
             return UniformBatchSampler.draw(self)
         b = self.batch_size
+        self.candidates_not_trained += (self.ratio - 1) * b
         pool = self.indices[self.draw_positions(self.ratio * b)]
         scores, _ = repair_factors(self.score_fn(pool).double().cpu().numpy())
         scores = np.nan_to_num(scores, nan=0.0)
@@ -383,6 +392,13 @@ class PresamplingSampler(ImportanceSampler):
         p = share * (scores / max(scores.sum(), 1e-300)) + (1.0 - share) / big
         pick = torch.multinomial(torch.from_numpy(p), b, replacement=True, generator=self._generator)
         return pool[pick], torch.from_numpy(1.0 / (big * p[pick.numpy()])).float()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "candidates_not_trained": self.candidates_not_trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.candidates_not_trained = state.get("candidates_not_trained", 0)
 
 
 class PruningSampler(UniformBatchSampler):

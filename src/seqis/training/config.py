@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from seqis.data.registry import DataOptions
-from seqis.importance.config import MiningConfig
+from seqis.importance.config import SCHEMES, MiningConfig
 from seqis.models.rnn import ModelConfig
 from seqis.options import at_least_one, check, one_of, option, positive, within
 from seqis.training.schedule import SCHEDULES
@@ -97,6 +97,10 @@ class TrainConfig:
         check(self.schedule != "onecycle" or self.warmup > 0, "--schedule onecycle needs --warmup (its rise)")
         at_least_one(self.keep_checkpoints, "keep-checkpoints")
         one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
         # Padded batches cost the longest sequence whatever is drawn: cost-aware draws would only
         # add variance there.
         check(
@@ -121,8 +125,14 @@ class TrainConfig:
         return self.budget * self.epochs if self.epochs is not None else None
 
     def with_sampler(self, name: str) -> TrainConfig:
-        """This configuration with sampler ``name`` (a scheme, a shorthand, or ``scheme:factor``)."""
+        """This configuration with sampler ``name`` (a scheme, a shorthand, or ``scheme:factor``).
+
+        A plain scheme keeps this configuration's ``--factor``; a shorthand or ``scheme:factor``
+        names its own.
+        """
         scheme, _, factor = name.partition(":")
+        if not factor and scheme in SCHEMES:
+            factor = self.mining.factor
         return replace(self, mining=replace(self.mining, sampler=scheme, factor=factor or None))
 
     @property
