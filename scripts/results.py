@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,7 @@ def run(name: str) -> float:
     out = ROOT / RESULTS / name
     if out.exists():
         shutil.rmtree(out)
+    commit = code_commit()
     started = time.perf_counter()
     cwd = os.getcwd()
     os.chdir(ROOT)
@@ -133,8 +135,18 @@ def run(name: str) -> float:
         (run_dir / "loss.png").unlink(missing_ok=True)
     duration = time.perf_counter() - started
     meta = json.loads((out / "race.json").read_text())
-    (out / "race.json").write_text(json.dumps({**meta, "race_duration_s": round(duration)}, indent=2) + "\n")
+    meta.update(race_duration_s=round(duration), commit=commit)
+    (out / "race.json").write_text(json.dumps(meta, indent=2) + "\n")
     return duration
+
+
+def code_commit() -> str:
+    """The commit the race's code is at; ``+changes`` when src/ differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "src") else "")
 
 
 def summarize(link_prefix: str = "") -> str:

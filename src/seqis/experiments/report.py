@@ -162,12 +162,13 @@ def report(result: dict) -> str:
         else ", ".join(f"{lr:g}" for lr in lrs)
     )
     headline = budget_section(result) + "\n" if "budget_protocol" in result else ""
+    commit = f"; code at commit {result['commit']}" if result.get("commit") else ""
     return f"""# {result["data"]}: importance sampling vs uniform
 
 Command: `{result["command"]}`
 
 Machine: {m["cpu"]}, {m["cores"]} cores, {m["threads"]} torch threads; torch {m["torch"]},
-Python {m["python"]}; {m["date"]}. Budget: {budget}; {result["seeds"]} seeds; learning rates {lrs};
+Python {m["python"]}; {m["date"]}{commit}. Budget: {budget}; {result["seeds"]} seeds; learning rates {lrs};
 runs one at a time, the samplers' order rotated per seed.
 
 {headline}## Speedups, tuned vs tuned
