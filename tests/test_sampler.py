@@ -399,9 +399,11 @@ def test_packed_sequences_give_the_same_losses(task):
 
 def test_random_subset_epochs_are_fresh_fixed_size_unweighted_and_anneal_to_full():
     n, b = 200, 10
-    sampler = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=100, anneal=0.2)
+    sampler = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=120, anneal=0.2)
+    first = torch.cat([sampler.draw()[0] for _ in range(20)])  # the first epoch is whole, as pruning's
+    assert sorted(first.tolist()) == list(range(n))
     seen_per_epoch, covered = {}, set()
-    for _ in range(80):  # the first 80% of the plan: subsets of 140, each a new random one
+    for _ in range(76):  # the first 80% of the plan: subsets of 140, each a new random one
         idx, w = sampler.draw()  # 14 batches an epoch: none crosses an epoch's end
         assert (w == 1).all()
         seen_per_epoch.setdefault(sampler.epoch, []).extend(idx.tolist())
@@ -413,9 +415,9 @@ def test_random_subset_epochs_are_fresh_fixed_size_unweighted_and_anneal_to_full
         covered |= set(drawn)
     assert len({frozenset(seen_per_epoch[e]) for e in full_epochs}) == len(full_epochs)  # fresh subsets
     assert len(covered) > 0.95 * n  # over epochs the subsets cover the data
-    tail = [sampler.draw() for _ in range(20)]  # the last 20%: full, unweighted epochs
+    tail = [sampler.draw() for _ in range(24)]  # the last 20%: full, unweighted epochs
     assert sampler.annealing and len(sampler._order) == n and all((w == 1).all() for _, w in tail)
-    copy = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=100, anneal=0.2)
+    copy = RandomSubsetSampler(range(n), batch_size=b, fraction=0.7, seed=4, total_steps=120, anneal=0.2)
     copy.load_state_dict(sampler.state_dict())
     assert all(torch.equal(sampler.draw()[0], copy.draw()[0]) for _ in range(30))  # resumes exactly
 
@@ -436,3 +438,22 @@ def test_presampling_epochs_count_trained_sequences_not_candidates():
     copy = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=0, ratio=3)
     copy.load_state_dict(sampler.state_dict())
     assert copy.epochs_done == pytest.approx(0.5)
+
+
+def test_pruning_planned_in_epochs_trains_its_full_data_tail():
+    """--epochs 2 --prune-anneal 0.25: the pruned epoch ends at 1.5 epochs and the tail trains half
+    a full epoch, a quarter of the plan (it used to start a whole epoch counted as 2 done: no tail)."""
+    n, b = 400, 10
+    sampler = PruningSampler(range(n), batch_size=b, ratio=0.5, seed=0, total_epochs=2, anneal=0.25)
+    sampler.record(torch.arange(n), torch.arange(n).float())
+    sampler.active = True
+    steps, tail = 0, 0
+    while sampler.epochs_done < 2 - 1e-9:
+        _, w = sampler.draw()
+        steps += 1
+        tail += int(sampler.annealing and (w == 1).all() and len(sampler._order) == n and sampler.epoch >= 2)
+    assert tail == pytest.approx(0.5 * n / b, abs=1)  # half an unpruned epoch
+    assert 1.499 < sampler._progress_base < 1.51  # the tail's epoch began where the pruned one ended
+    copy = PruningSampler(range(n), batch_size=b, ratio=0.5, seed=0, total_epochs=2, anneal=0.25)
+    copy.load_state_dict(sampler.state_dict())
+    assert copy.epochs_done == sampler.epochs_done

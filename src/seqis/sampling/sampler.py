@@ -57,6 +57,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self.batch_size = batch_size  # the global batch: RankSlice splits it between ranks
         self.seed = seed
         self.epoch = 0
+        self._progress_base = 0.0  # epochs done when this one began (an epoch may end early)
         self._order = self._permutation()
         self._cursor = 0
         self._position: Tensor | None = None  # dataset index -> position, built on first use
@@ -100,8 +101,10 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         if epoch != self.epoch:
             self._start_epoch(epoch)
 
-    def _start_epoch(self, epoch: int) -> None:
+    def _start_epoch(self, epoch: int, progress: float | None = None) -> None:
+        """Begin ``epoch`` with ``progress`` epochs done (default: ``epoch``, whole epochs)."""
         self.epoch = epoch
+        self._progress_base = float(epoch) if progress is None else progress
         self._order, self._cursor = self._permutation(), 0
 
     def _permutation(self) -> Tensor:
@@ -111,7 +114,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
     def _take(self, most: int) -> Tensor:
         """Up to ``most`` next positions of one epoch, starting the next epoch if this one is spent."""
         if self._cursor >= len(self._order):  # an epoch may be shorter than N (pruning)
-            self._start_epoch(self.epoch + 1)
+            self._start_epoch(self.epoch + 1, self._progress_base + 1.0)
         take = self._order[self._cursor : self._cursor + most]
         self._cursor += len(take)
         return take
@@ -132,9 +135,10 @@ class UniformBatchSampler(torch.utils.data.Sampler):
     def epochs_done(self) -> float:
         """Epochs trained so far, fractional: what a schedule over ``--epochs`` follows.
 
-        An epoch is a pass of the current order, so a pruned (shorter) epoch ends sooner.
+        An epoch is a pass of the current order, so a pruned (shorter) epoch ends sooner; one
+        ended early (pruning's full-data tail begins) counts the share of it that was trained.
         """
-        return self.epoch + self._cursor / max(1, len(self._order))
+        return self._progress_base + self._cursor / max(1, len(self._order))
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
         """Whole batches as ``(index, weight)`` pairs (wrap in ``RankSlice`` to split them between ranks)."""
@@ -160,11 +164,12 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return pos[keep], values[keep]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed}
+        progress = self._progress_base
+        return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed, "progress": progress}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
-        self._start_epoch(state["epoch"])  # always: the seed may have changed
+        self._start_epoch(state["epoch"], state.get("progress"))  # always: the seed may have changed
         self._cursor = state["cursor"]
 
 
@@ -487,8 +492,8 @@ class PruningSampler(UniformBatchSampler):
         order = super()._permutation()
         self._weights, self._pruned = torch.ones(self.num_sequences), False
         known = ~np.isnan(self.factors)
-        # At an epoch's start the old order is still in place: the position is the epoch number.
-        if not (self._active and self.ratio > 0 and known.any()) or self._annealing_at(float(self.epoch)):
+        # At an epoch's start its progress base is the epochs done so far.
+        if not (self._active and self.ratio > 0 and known.any()) or self._annealing_at(self._progress_base):
             return order
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 104_729)
         below = torch.from_numpy(known & (self.factors < self.factors[known].mean()))
@@ -502,7 +507,7 @@ class PruningSampler(UniformBatchSampler):
 
     def draw(self) -> tuple[Tensor, Tensor]:
         if self._pruned and self.annealing:  # checked per draw: a long epoch would eat the full-data tail
-            self._start_epoch(self.epoch + 1)
+            self._start_epoch(self.epoch + 1, self.epochs_done)  # the tail follows on, not a whole epoch on
         positions, weights, need = [], [], self.batch_size
         while need:
             # Weights are read per part: crossing into a new epoch replaces self._weights, and
@@ -529,6 +534,7 @@ class PruningSampler(UniformBatchSampler):
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
         self.epoch, self._cursor = state["epoch"], state["cursor"]
+        self._progress_base = state.get("progress", float(self.epoch))
         self._active, self.draws = state["active"], state["draws"]
         self.factors = np.array(state["factors"], dtype=np.float64)
         self.repaired = state["repaired"]
@@ -541,14 +547,16 @@ class RandomSubsetSampler(PruningSampler):
     """The honest control for pruning: a fresh random subset of each epoch, of a fixed size.
 
     RS2 (Okanovic et al. 2023, repeated sampling of random subsets, here with replacement
-    between epochs): every epoch trains a seeded random ``fraction`` of the data, unweighted,
-    and the last ``anneal`` share of the plan trains on full epochs, exactly as
-    :class:`PruningSampler` does. Given the fraction pruning kept, it spends the same steps
-    per epoch; a pruning rule that does not beat it is not selecting, only training less.
+    between epochs): every epoch after the first trains a seeded random ``fraction`` of the
+    data, unweighted, and the last ``anneal`` share of the plan trains on full epochs, exactly
+    as :class:`PruningSampler` does (whose first epoch is whole: it has no factors to prune
+    by yet). Given the fraction pruning kept, it spends the same steps; a pruning rule that
+    does not beat it is not selecting, only training less.
 
     Example:
         >>> sampler = RandomSubsetSampler(range(1000), batch_size=50, fraction=0.7, seed=0)
-        >>> len(sampler)                          # 700 sequences an epoch
+        >>> sampler.set_epoch(1)                  # the first epoch is whole, the next ones 70%
+        >>> len(sampler)
         14
     """
 
@@ -572,7 +580,7 @@ class RandomSubsetSampler(PruningSampler):
         order = UniformBatchSampler._permutation(self)
         self._weights, self._pruned = torch.ones(self.num_sequences), False
         size = max(min(self.batch_size, self.num_sequences), round(self.fraction * self.num_sequences))
-        if size >= self.num_sequences or self._annealing_at(float(self.epoch)):
+        if size >= self.num_sequences or self.epoch == 0 or self._annealing_at(self._progress_base):
             return order
         self._pruned = True  # a short epoch: the draw entering the full-data tail ends it
         return order[:size]
