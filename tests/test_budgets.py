@@ -54,7 +54,21 @@ def test_seed_spread_sets_the_tolerance():
         "close"
     ]
     assert loose["lossless"]["tolerance"] == pytest.approx(0.005)
-    assert loose["lossless"]["saving"] == pytest.approx(1 / (0.8 + (0.305 - 0.31) * 0.2 / (0.304 - 0.31)))
+    # uniform itself reaches 0.305 at budget 0.9, the sampler at 0.8 + 0.005 / 0.006 * 0.2
+    assert loose["lossless"]["uniform_budget"] == pytest.approx(0.9)
+    assert loose["lossless"]["saving"] == pytest.approx(0.9 / (0.8 + (0.305 - 0.31) * 0.2 / (0.304 - 0.31)))
+
+
+def test_a_sampler_identical_to_uniform_saves_exactly_one():
+    """stdlib's and names' shape: the tolerance must not hand a copy of uniform a 'saving'."""
+    copy = analyse_budgets(_runs("uniform", UNIFORM, spread=0.01) + _runs("copy", UNIFORM, spread=0.01))
+    lossless = copy["figures"]["copy"]["lossless"]
+    assert lossless["uniform_budget"] < 1 and lossless["saving"] == pytest.approx(1.0)
+    assert lossless["steps_saving"] == pytest.approx(1.0) and lossless["time_saving"] == pytest.approx(1.0)
+    worse = analyse_budgets(
+        _runs("uniform", UNIFORM, spread=0.01) + _runs("worse", {b: v + 0.002 for b, v in UNIFORM.items()})
+    )
+    assert worse["figures"]["worse"]["lossless"]["saving"] < 1
 
 
 def test_better_than_uniform_at_the_smallest_budget_is_a_bound():

@@ -4,10 +4,11 @@ A budget race trains every sampler and seed once per budget (a share of the plan
 or epochs), each with its schedule decayed over that budget, as InfoBatch and Kaddour et
 al. measure. Two figures per sampler, from the mean final validation loss over seeds:
 
-- **lossless saving**: 1 / the smallest budget at which the sampler's loss is no worse than
-  uniform's at the full budget plus a tolerance (half the min–max range of uniform's seeds
-  there), interpolated linearly between measured budgets and never extrapolated below the
-  smallest one (then it is a lower bound); in steps and in wall-clock time as well, since a
+- **lossless saving**: the smallest budget at which uniform's own mean loss reaches uniform's
+  full-budget loss plus a tolerance (half the min–max range of uniform's seeds there), over
+  the smallest budget at which the sampler's does, interpolated linearly between measured
+  budgets and never extrapolated below the smallest one (then it is a lower bound); a sampler
+  identical to uniform saves exactly 1; in steps and in wall-clock time as well, since a
   pruned epoch has fewer steps;
 - **equivalent uniform budget**: the budget at which uniform's loss equals the sampler's at
   the full budget (how much uniform training the sampler's run is worth).
@@ -20,6 +21,8 @@ import statistics
 TOLERANCE_RULE = (
     "A sampler matches uniform when its mean final validation loss is at most uniform's mean at the "
     "full budget plus a tolerance of half the min–max range of uniform's seeds at the full budget. "
+    "Lossless saving = the smallest budget at which uniform itself matches / the smallest at which "
+    "the sampler does (so a sampler identical to uniform saves exactly 1). "
     "Budgets between measured ones are interpolated linearly; below the smallest measured budget "
     "nothing is extrapolated (≥ marks a lower bound)."
 )
@@ -72,24 +75,28 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
 
 
 def lossless_saving(table: dict[str, dict[float, dict]], sampler: str) -> dict:
-    """1 / the smallest budget at which ``sampler`` matches uniform's full-budget loss (see the rule)."""
+    """The budget uniform needs to match its own full-budget loss (within the tolerance) over the
+    budget ``sampler`` needs: a sampler identical to uniform saves exactly 1 (see the rule)."""
     uniform_full = table["uniform"][1.0]
     tolerance = (uniform_full["loss"]["max"] - uniform_full["loss"]["min"]) / 2
     threshold = uniform_full["loss"]["mean"] + tolerance
-    rows = table[sampler]
-    curve = [(b, rows[b]["loss"]["mean"]) for b in sorted(rows)]
-    budget, kind = _crossing(curve, threshold)
+    rows, uniform = table[sampler], table["uniform"]
+    budget, kind = _crossing([(b, rows[b]["loss"]["mean"]) for b in sorted(rows)], threshold)
+    own, _ = _crossing([(b, uniform[b]["loss"]["mean"]) for b in sorted(uniform)], threshold)
     result = {"threshold": threshold, "tolerance": tolerance, "budget": budget, "kind": kind}
+    result["uniform_budget"] = own
     if budget is None:
         result["gap_at_full"] = rows[max(rows)]["loss"]["mean"] - uniform_full["loss"]["mean"]
         return {**result, "saving": None, "steps_saving": None, "time_saving": None}
-    steps = _interpolate([(b, rows[b]["steps"]) for b in sorted(rows)], budget)
-    seconds = _interpolate([(b, rows[b]["seconds"]) for b in sorted(rows)], budget)
+
+    def at(key: str, curve: dict, b: float) -> float:
+        return _interpolate([(x, curve[x][key]) for x in sorted(curve)], b)
+
     return {
         **result,
-        "saving": 1.0 / budget,
-        "steps_saving": uniform_full["steps"] / steps,
-        "time_saving": uniform_full["seconds"] / seconds,
+        "saving": own / budget,
+        "steps_saving": at("steps", uniform, own) / at("steps", rows, budget),
+        "time_saving": at("seconds", uniform, own) / at("seconds", rows, budget),
     }
 
 
