@@ -220,7 +220,7 @@ def test_sigterm_saves_and_exits(tmp_path):
         (["train", "--data", "nope", "--steps", "1"], "unknown data spec"),
         (["train", "--data", "text:/no/such/file", "--steps", "1"], "no such file"),
         (["train", "--device", "cuda", "--steps", "1"], "CUDA is not available"),
-        (["train", "--device", "tpu", "--steps", "1"], "unknown device"),
+        (["train", "--device", "tpu", "--steps", "1"], "--device must be auto, cpu, cuda or cuda:N"),
         (["train", "--data", "digits"], "--epochs E or --time-budget"),
         (["train", "--data", "digits", "--steps", "1", "--resume"], "no checkpoint"),
         (["train", "--smoothing", "0", "--steps", "1"], "(0, 1]"),
