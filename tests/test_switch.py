@@ -9,7 +9,16 @@ from seqis.experiments.diagnose import judge, switch_for
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.noise import NoiseScale
-from seqis.importance.switch import HarvestSample, Switch, delivered_gain, estimated_gain, mining_cost
+from seqis.importance.switch import (
+    HarvestSample,
+    Switch,
+    coverage_ahead,
+    delivered_gain,
+    estimated_gain,
+    fresh_gain,
+    mining_cost,
+    store_gain,
+)
 from seqis.models.rnn import ModelConfig
 from seqis.sampling.sampler import ImportanceSampler
 from seqis.training.config import TrainConfig
@@ -186,3 +195,108 @@ def test_each_option_is_checked_once_with_one_error_type():
         "prune:loss",
         "fim",
     ]
+
+
+def _store(n, coverage, stale_noise, seed=0):
+    """A sampler whose store holds, for a ``coverage`` share, fresh factors blurred by staleness."""
+    rng = np.random.default_rng(seed)
+    fresh = rng.lognormal(0.0, 1.0, n)
+    sampler = ImportanceSampler(range(n), batch_size=64, smoothing=0.2, seed=seed)
+    known = torch.from_numpy(rng.permutation(n)[: int(coverage * n)])
+    stale = fresh[known.numpy()] * rng.lognormal(0.0, stale_noise, len(known))
+    sampler.record(known, torch.from_numpy(stale))
+    return sampler, fresh
+
+
+def _delivered(sampler, fresh, draws=1000):
+    sampler.active = True
+    batches = [sampler.draw() for _ in range(draws)]
+    idx = torch.cat([d[0] for d in batches]).numpy()
+    w = torch.cat([d[1] for d in batches]).double().numpy()
+    return delivered_gain(fresh[idx], w), fresh_gain(fresh[idx], w, 0.2)
+
+
+@pytest.mark.parametrize("coverage", [1.0, 0.5, 0.2, 0.02])
+def test_a_partly_scored_store_delivers_what_coverage_predicts(coverage):
+    """1 / (1 - c (1 - 1/g)): the cut of a store with a share c scored, g the fresh factors' promise."""
+    sampler, fresh = _store(20000, coverage, 0.0)
+    delivered, promise = _delivered(sampler, fresh)
+    assert promise == pytest.approx(estimated_gain(fresh, 0.2), rel=0.1)
+    assert store_gain(promise, coverage, 1.0) == pytest.approx(delivered, rel=0.1)
+    if coverage <= 0.02:
+        assert delivered < 1.05 < 1.5 < promise  # a store of unseen sequences cannot steer
+
+
+def test_the_quality_of_stale_factors_is_learnt_from_what_they_deliver():
+    sampler, fresh = _store(20000, 1.0, 0.8)  # stale: each stored factor off by ~x2.2
+    delivered, promise = _delivered(sampler, fresh)
+    switch = Switch(MiningConfig(), batch_size=64, cost=0.07)
+    for _ in range(6):
+        switch.learn_quality(delivered, promise, coverage=1.0)
+    assert 0.2 < switch.quality < 0.9
+    assert store_gain(promise, 1.0, switch.quality) == pytest.approx(delivered, rel=0.02)
+    copy = Switch(MiningConfig(), batch_size=64, cost=0.07)
+    copy.load_state_dict(switch.state_dict())
+    assert copy.quality == switch.quality
+
+
+def test_coverage_ahead_follows_the_scoring_rate():
+    assert coverage_ahead(0.0, 0.0, 1000) == 0.0
+    assert coverage_ahead(1.0, 0.01, 1000) == pytest.approx(1.0)
+    # names: 974,000 names, 70 scored a step, 2,950 steps left -> ~10% on average
+    assert coverage_ahead(0.0, 70 / 974_000, 2950) == pytest.approx(0.10, abs=0.01)
+    # Fashion-MNIST: 60,000 rows, 70 a step, 1,775 steps left -> ~58%
+    assert coverage_ahead(0.0, 70 / 60_000, 1775) == pytest.approx(0.58, abs=0.02)
+
+
+def _run(n, steps, sigma=1.0, noise_scale=300.0, b=64, planned=None, **mining):
+    """Train-like draws, harvests and refreshes over fixed per-sequence factors, at a true B."""
+    rng = np.random.default_rng(1)
+    factors = rng.lognormal(0.0, sigma, n)
+    sampler = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=0)
+
+    def score(index):
+        return torch.from_numpy(factors[index.numpy()])
+
+    miner = Miner(sampler, MiningConfig(**mining), score_fn=score, planned_steps=planned or steps)
+    second_moment = float(np.mean(factors**2))
+    true_g2 = second_moment / (1.0 + noise_scale)
+    batch_sq = true_g2 + (second_moment - true_g2) / b
+    active = []
+    for step in range(steps):
+        index, weights = sampler.draw()
+        miner.harvest(index, score(index), step, weights, batch_sq)
+        miner.after_step(step)
+        active.append(sampler.active)
+    return miner, factors, active
+
+
+def test_data_seen_less_than_once_keep_the_switch_off():
+    """names: 1M sequences, a 3,000-step plan sees a fifth of them; fresh factors promise ~2
+    (the old rule switched on at a predicted 1.06), the store never fills: it stays off."""
+    miner, factors, active = _run(1_000_000, 400, planned=3000)
+    assert estimated_gain(factors, 0.2) > 1.5
+    assert not any(active) and all(d.gain < 1.1 for d in miner.switch.history)
+
+
+def test_on_data_seen_many_times_the_switch_predicts_the_cut_it_delivers():
+    """Fashion-MNIST's regime: the store fills within the plan; the cut predicted when the switch
+    turned on is within 25% of what the draws delivered over the rest of the run (their harmonic
+    mean: steps follow the variance, 1/g), and below the fresh factors' promise (coverage grows)."""
+    miner, factors, active = _run(6000, 600, planned=600, switch_sample=64, switch_every=1)
+    history = miner.switch.history
+    first_on = next(i for i, d in enumerate(history) if d.active)
+    delivered = [d.gain for d in history[first_on + 1 :]]
+    harmonic = len(delivered) / sum(1 / g for g in delivered)
+    assert active[-1] and history[first_on].step <= 100
+    assert history[first_on].predicted - 1 == pytest.approx(harmonic - 1, rel=0.25)
+    assert estimated_gain(factors, 0.2) > harmonic
+
+
+def test_the_switch_turns_off_when_the_cut_no_longer_pays_for_mining():
+    switch = Switch(MiningConfig(), batch_size=64, cost=0.07)
+    assert switch.pays(gain=1.5, noise_scale=300.0)
+    assert not switch.keeps_paying(1.02, noise_scale=300.0)  # names: 1.002-1.025 for 4,500 steps
+    edge = 1.06  # hysteresis: a cut that would not switch on keeps it on
+    assert not switch.pays(edge, 300.0) and switch.keeps_paying(edge, 300.0)
+    assert switch.keeps_paying(1.02, noise_scale=None)  # B unknown: min_gain_off alone

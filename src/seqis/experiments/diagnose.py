@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from seqis.experiments.plots import plot_histogram, plot_noise
 from seqis.importance.factors import score
 from seqis.importance.mining import NOISE_FACTORS
 from seqis.importance.noise import NoiseScale, predicted_step_gain
-from seqis.importance.switch import Switch, ceiling, estimated_gain, mining_cost
+from seqis.importance.switch import StoreState, Switch, ceiling, estimated_gain, mining_cost
 from seqis.training.checkpoint import load_latest
 from seqis.training.config import TrainConfig
 from seqis.training.trainer import build, evaluate, train
@@ -59,7 +59,9 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
     factors, score_per_seq, pool = _score_sample(config, model, data, device, sample)
     noise = model_state["noise"]
     costs = data.lengths[pool].double().numpy() if config.mining.cost_aware else None
-    report = judge(config, factors, noise.noise_scale if noise is not None else None, costs)
+    store = _store_state(config, model_state, len(data.train_idx))
+    b_noise = noise.noise_scale if noise is not None else None
+    report = judge(config, factors, b_noise, costs, store, model_state["quality"])
     report.update(
         trained_steps=model_state["step"],
         final_val_loss=model_state["final_val_loss"],
@@ -72,15 +74,23 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
 
 
 def judge(
-    config: TrainConfig, factors: np.ndarray, noise_scale: float | None, costs: np.ndarray | None = None
+    config: TrainConfig,
+    factors: np.ndarray,
+    noise_scale: float | None,
+    costs: np.ndarray | None = None,
+    store: StoreState | None = None,
+    quality: float = 1.0,
 ) -> dict:
     """The switch's verdict on fresh ``factors`` and a recorded noise scale: what ``train`` decides.
 
-    ``costs`` (the sequences' lengths) under ``--cost-aware``, whose draws and gain follow s/sqrt(c).
+    ``costs`` (the sequences' lengths) under ``--cost-aware``, whose draws and gain follow s/sqrt(c);
+    ``store`` and ``quality``: the store importance draws would come from, as the switch sees it.
     """
     switch = switch_for(config)
+    switch.quality = quality
     s = np.asarray(factors, dtype=np.float64)
-    gain = estimated_gain(s, config.mining.smoothing, costs)
+    fresh = estimated_gain(s, config.mining.smoothing, costs)
+    gain = switch.predicted_cut(fresh, store)
     b_noise = noise_scale
     step_gain = switch.predicted_step_gain(gain, b_noise)  # what pays() judges: re-tuned under --lr-scale
     pays = switch.pays(gain, b_noise)
@@ -93,13 +103,16 @@ def judge(
         "factor_std": float(s.std()),
         "spread": float(s.std() / s.mean()) if s.mean() > 0 else 0.0,
         "ceiling": ceiling(s),
-        "estimated_gain": gain,
+        "estimated_gain": fresh,
+        "predicted_cut": gain,
+        "store": None if store is None else asdict(store),
         "noise_scale": b_noise,
         "predicted_step_gain": predicted_step_gain(b_noise, gain, config.batch_size),
         "predicted_step_gain_lr_retuned": predicted_step_gain(b_noise, gain, config.batch_size, True),
         "predicted_mining_cost": switch.cost,
         "is_pays": pays,
-        "verdict": _verdict(config, s, gain, b_noise, step_gain, switch.cost, pays),
+        "verdict": _verdict(config, s, gain, b_noise, step_gain, switch.cost, pays)
+        + _store_note(store, fresh),
     }
 
 
@@ -107,7 +120,7 @@ def _verdict(config, s, gain, b_noise, step_gain, cost, pays) -> str:
     mining = config.mining
     text = (
         f"{config.data}: {mining.factor} factor spread std/mean = {s.std() / max(s.mean(), 1e-300):.3f}, "
-        f"ceiling E[s²]/E[s]² = {ceiling(s):.3f}, gain kept with smoothing {mining.smoothing} = {gain:.3f}. "
+        f"ceiling E[s²]/E[s]² = {ceiling(s):.3f}, cut predicted at smoothing {mining.smoothing}: {gain:.3f}. "
     )
     if b_noise is not None:
         text += (
@@ -131,6 +144,21 @@ def _verdict(config, s, gain, b_noise, step_gain, cost, pays) -> str:
     )
 
 
+def _store_note(store: StoreState | None, fresh: float) -> str:
+    if store is None:
+        return ""
+    return f" (The store is {store.coverage:.0%} scored; fresh factors alone promise {fresh:.3f}.)"
+
+
+def _store_state(config: TrainConfig, model_state: dict, n: int) -> StoreState | None:
+    """The store switching on now would draw from, over the next epoch (diagnose has no plan)."""
+    if config.mining.sampler != "importance":
+        return None
+    b = config.batch_size
+    scored_per_step = min(1.0, (1.0 + config.mining.refresh_share) * b / n)
+    return StoreState(model_state["coverage"], scored_per_step, -(-n // b))
+
+
 def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:
     """Model weights, step, noise scale and the figures of a brief run or a saved one."""
     found = {}
@@ -144,10 +172,13 @@ def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:
     if miner_state.get("noise"):
         noise = NoiseScale(config.batch_size)
         noise.load_state_dict(miner_state["noise"])
+    factors = (state.get("sampler") or {}).get("factors")
     found.update(
         model=state["model"],
         path=path,
         step=state["run"]["step"],
+        coverage=float(np.mean(~np.isnan(np.asarray(factors)))) if factors is not None else 0.0,
+        quality=(miner_state.get("switch") or {}).get("quality", 1.0),
         noise=noise,
         noise_history=miner_state.get("noise_history", []),
     )

@@ -37,6 +37,7 @@ from seqis.importance.noise import NoiseScale
 from seqis.importance.switch import (
     HarvestSample,
     NoiseRecord,
+    StoreState,
     Switch,
     as_records,
     mining_cost,
@@ -55,6 +56,7 @@ class FactorStore(Protocol):
     batch_size: int
     active: bool
     importance_weights: bool  # weights are 1/(N p): a noise-scale estimate can use them
+    draws_from_store: bool  # importance draws come from the recorded factors (not fresh scores)
     repaired: int
 
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None: ...
@@ -95,6 +97,7 @@ class Miner:
         ctx: DistContext | None = None,
         total_steps: int | None = None,
         grad_batch_size: int | None = None,
+        planned_steps: int | None = None,
     ):
         self.sampler, self.config, self.score_fn, self.lengths = sampler, config, score_fn, lengths
         # With ``anneal``, the last share of the planned steps is uniform: importance sampling
@@ -105,6 +108,8 @@ class Miner:
         # Under DDP or Lightning the miner joins the caller's process group: every rank must
         # see every rank's factors, or their switch decisions could differ.
         self.ctx = ctx or DistContext.current()
+        # The switch predicts the cut over the rest of the plan (an epoch when there is none).
+        self.planned_steps = planned_steps or total_steps
         order = torch.argsort(lengths[sampler.indices], stable=True) if lengths is not None else None
         self._sweep = sampler.indices[order] if order is not None else sampler.indices
         self._sweep_cursor = 0
@@ -205,12 +210,12 @@ class Miner:
             self.decide(step)
 
     def decide(self, step: int) -> None:
-        """Switch importance sampling on or off from the fresh harvest; O(harvest), never O(N)."""
+        """Switch importance sampling on or off from the fresh harvest (and the store's coverage,
+        one O(N) count every ``check_every`` steps)."""
         start = time.perf_counter()
         noise_scale = self.noise.noise_scale if self.noise is not None else None
-        self._set_active(
-            self.switch.decide(step + 1, self.sampler.active, self._harvest_sample(), noise_scale)
-        )
+        sample, store = self._harvest_sample(), self._store_state(step)
+        self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
         if self.noise is not None:
             self.noise_history.append(
                 NoiseRecord(step + 1, self.sampler.active, *self.noise_figures().values())
@@ -236,6 +241,15 @@ class Miner:
             "predicted_step_gain": noise.predicted_step_gain() if noise else None,
             "predicted_step_gain_lr_retuned": noise.predicted_step_gain(lr_retuned=True) if noise else None,
         }
+
+    def _store_state(self, step: int) -> StoreState | None:
+        """Coverage and scoring rate of the store that importance draws come from, if any."""
+        if not self.sampler.draws_from_store:
+            return None
+        n, b = len(self.sampler.indices), self.sampler.batch_size
+        refreshed = self.config.refresh_share if self.score_fn is not None else 0.0
+        left = self.planned_steps - (step + 1) if self.planned_steps else math.ceil(n / b)
+        return StoreState(self.sampler.coverage, min(1.0, (1.0 + refreshed) * b / n), max(left, 1))
 
     def _harvest_sample(self) -> HarvestSample:
         """Steps, scale-normalised factors, weights and costs of the recent harvests."""

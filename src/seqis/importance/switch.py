@@ -16,7 +16,16 @@ the cut the current (partly stale) distribution delivers is
 
     gain = E_p[w s^2] / E_p[w^2 s^2]    (uniform's second moment / importance sampling's)
 
-IS switches off when that falls below ``min_gain_off``. With cost-aware draws (p ~ s/sqrt(c))
+Fresh factors promise more than a store delivers: draws come from stored factors, and a
+sequence never scored sits at the mean. With a share c of sequences scored and stored factors
+of quality q (1: as good as fresh), the cut is about 1 / (1 - c q (1 - 1/gain)), and c grows
+only while IS is on (every drawn sequence and the refresh sweep are scored). So the switch
+predicts the cut over the rest of the planned run from the coverage it will reach
+(:func:`coverage_ahead`), with q learnt from the cut each on-period delivered
+(:meth:`Switch.learn_quality`): on data seen less than once (names) c stays near 0 and the
+switch stays off; on Fashion-MNIST it predicts the ~2 measured where fresh factors promise ~5.
+IS switches off when the delivered cut falls below ``min_gain_off`` or the predicted step gain
+no longer beats half the mining cost (on needs all of it: hysteresis). With cost-aware draws (p ~ s/sqrt(c))
 both gains are of variance x expected cost per step, so the on- and the off-decision judge the
 same distribution and the switch does not flap.
 
@@ -41,8 +50,32 @@ class Decision:
     """One switch decision: after ``step`` steps, the gain it judged and the state it chose."""
 
     step: int
-    gain: float
+    gain: float  # the predicted cut while off, the delivered one while on
     active: bool
+    predicted: float | None = None  # the cut predicted over the rest of the run
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the switch needs to know of a store that draws are made from."""
+
+    coverage: float  # share of sequences ever scored
+    scored_per_step: float  # share of sequences scored per step while IS is on (harvest + refresh)
+    horizon: int  # steps left in the plan (an epoch when there is no plan)
+
+
+def coverage_ahead(coverage: float, scored_per_step: float, horizon: int) -> float:
+    """Mean coverage over the next ``horizon`` steps if a share ``scored_per_step`` of the
+    sequences, drawn at random, is scored every step: 1 - (1 - c0)(1 - e^-kH)/(kH)."""
+    k_h = scored_per_step * max(horizon, 1)
+    if k_h < 1e-9:
+        return coverage
+    return 1.0 - (1.0 - coverage) * (1.0 - math.exp(-k_h)) / k_h
+
+
+def store_gain(fresh_gain: float, coverage: float, quality: float) -> float:
+    """The cut of draws from a store with this coverage and quality: 1 / (1 - c q (1 - 1/g))."""
+    return 1.0 / (1.0 - coverage * quality * (1.0 - 1.0 / max(fresh_gain, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -80,6 +113,18 @@ def estimated_gain(factors: np.ndarray, smoothing: float, costs: np.ndarray | No
     r = s / np.sqrt(c)
     n_p = (1.0 - smoothing) * r / r.mean() + smoothing  # N p_i
     return float(np.mean(s**2) * np.mean(c) / (np.mean(s**2 / n_p) * np.mean(n_p * c)))
+
+
+def fresh_gain(factors: np.ndarray, weights: np.ndarray, smoothing: float) -> float:
+    """:func:`estimated_gain` from a sample drawn with weights ``w = 1/(N p)`` (importance draws)."""
+    s, w = np.asarray(factors, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    good = np.isfinite(s) & (s >= 0) & np.isfinite(w)
+    s, w = s[good], w[good]
+    mean = float(np.sum(w * s) / np.sum(w)) if s.size > 1 else 0.0
+    if mean <= 0:
+        return 1.0
+    mix = (1.0 - smoothing) * s / mean + smoothing
+    return float(np.sum(w * s**2) / np.sum(w * s**2 / mix))
 
 
 def ceiling(factors: np.ndarray) -> float:
@@ -137,13 +182,36 @@ class Switch:
     def __init__(self, config: MiningConfig, batch_size: int, cost: float):
         self.config, self.batch_size, self.cost = config, batch_size, cost
         self.history: list[Decision] = []
-        self.predicted_gain = 1.0  # the latest fresh-factor gain, while IS is off
+        self.predicted_gain = 1.0  # the latest predicted cut, while IS is off
         self.lr_multiplier = 1.0
+        self.quality = 1.0  # of stored factors, learnt from delivered cuts; no evidence yet: 1
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
         retuned = self.config.lr_scale != "none"
         return predicted_step_gain(noise_scale, gain, self.batch_size, retuned)
+
+    def keeps_paying(self, gain: float, noise_scale: float | None) -> bool:
+        """Stay on: the step gain still beats half the mining cost (on needs all of it)."""
+        step_gain = self.predicted_step_gain(gain, noise_scale)
+        if step_gain is None:
+            return True  # B unknown: min_gain_off alone decides
+        return step_gain >= 1.0 + self.cost / 2
+
+    def learn_quality(self, delivered: float, fresh: float, coverage: float) -> None:
+        """q from an on-state harvest: the delivered cut against what coverage c alone explains."""
+        explained = coverage * (1.0 - 1.0 / max(fresh, 1.0))
+        if explained < 0.02:  # too little of the store scored to tell quality from coverage
+            return
+        seen = min(max((1.0 - 1.0 / max(delivered, 1e-9)) / explained, 0.0), 1.0)
+        self.quality = 0.5 * self.quality + 0.5 * seen
+
+    def predicted_cut(self, fresh: float, store: StoreState | None) -> float:
+        """The cut over the rest of the run: the store's, or fresh factors' where draws use them."""
+        if store is None:
+            return fresh
+        coverage = coverage_ahead(store.coverage, store.scored_per_step, store.horizon)
+        return store_gain(fresh, coverage, self.quality)
 
     def pays(self, gain: float, noise_scale: float | None) -> bool:
         """Switch on: the predicted step gain beats mining's cost; by ``min_gain`` while B is unknown."""
@@ -152,18 +220,36 @@ class Switch:
             return gain >= self.config.min_gain
         return step_gain >= 1.0 + self.cost
 
-    def decide(self, step: int, active: bool, sample: HarvestSample, noise_scale: float | None) -> bool:
-        """The state after ``step`` steps, from the fresh harvest of the regime in use."""
+    def decide(
+        self,
+        step: int,
+        active: bool,
+        sample: HarvestSample,
+        noise_scale: float | None,
+        store: StoreState | None = None,
+    ) -> bool:
+        """The state after ``step`` steps, from the fresh harvest of the regime in use.
+
+        ``store``: the coverage and scoring rate of the store draws come from (None when draws
+        are made from fresh scores, as presampling's are).
+        """
         if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
             return True
+        smoothing = self.config.smoothing
+        if sample.costs is not None:  # cost-aware: judge the distribution the sampler draws
+            fresh = estimated_gain(sample.factors, smoothing, sample.costs)
+        else:
+            fresh = fresh_gain(sample.factors, sample.weights, smoothing)
         if active:
             gain = delivered_gain(sample.factors, sample.weights, sample.costs)
-            now = gain >= self.config.min_gain_off
+            if store is not None:
+                self.learn_quality(gain, fresh, store.coverage)
+            predicted = self.predicted_cut(fresh, store)
+            now = gain >= self.config.min_gain_off and self.keeps_paying(predicted, noise_scale)
         else:
-            gain = estimated_gain(sample.factors, self.config.smoothing, sample.costs)
-            self.predicted_gain = gain
+            gain = predicted = self.predicted_gain = self.predicted_cut(fresh, store)
             now = self.pays(gain, noise_scale)
-        self.history.append(Decision(step, gain, now))
+        self.history.append(Decision(step, gain, now, predicted))
         return now
 
     def update_lr_multiplier(self, variance_cut: float | None, active: bool) -> None:
@@ -180,12 +266,14 @@ class Switch:
             "history": as_records(self.history),
             "predicted_gain": self.predicted_gain,
             "lr_multiplier": self.lr_multiplier,
+            "quality": self.quality,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Decision(**row) for row in state["history"]]
         self.predicted_gain = state["predicted_gain"]
         self.lr_multiplier = state["lr_multiplier"]
+        self.quality = state.get("quality", 1.0)
 
 
 @dataclass

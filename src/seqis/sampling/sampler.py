@@ -42,6 +42,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
 
     active = False  # never an importance draw (importance samplers switch this)
     importance_weights = False  # its weights are not 1 / (N p_i)
+    draws_from_store = False  # importance draws (if any) do not come from recorded factors
 
     def __init__(
         self,
@@ -204,6 +205,7 @@ class ImportanceSampler(UniformBatchSampler):
     """
 
     importance_weights = True  # its weights are 1 / (N p_i): a noise-scale estimate can use them
+    draws_from_store = True  # from the recorded factors, stale ones and never-scored ones included
 
     def __init__(
         self,
@@ -368,6 +370,8 @@ class PresamplingSampler(ImportanceSampler):
     dataset indices to factors (the trainer supplies a forward-only scorer). While inactive
     it draws plain uniform batches, like its parent.
     """
+
+    draws_from_store = False  # from fresh scores of its candidates
 
     def __init__(self, *args, ratio: int = 3, **kwargs):
         super().__init__(*args, **kwargs)

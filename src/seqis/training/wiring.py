@@ -79,7 +79,8 @@ def sampling_for(
         sampler = ImportanceSampler(indices, batch_size, config.smoothing, seed=seed, costs=costs)
     # Pruning is decided per epoch from the latest factor of every trained sequence and
     # presampling scores fresh candidates: neither refreshes a store (refresh_share is 0).
-    miner = Miner(sampler, config, score_fn, lengths, ctx, total_steps, grad_batch_size)
+    planned = total_steps or (round(total_epochs * len(indices) / batch_size) if total_epochs else None)
+    miner = Miner(sampler, config, score_fn, lengths, ctx, total_steps, grad_batch_size, planned)
     if config.sampler == "presample":
         sampler.score_fn = lambda index: miner.score(index)
     return sampler, miner
