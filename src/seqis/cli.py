@@ -49,7 +49,8 @@ def _add_options(p: argparse.ArgumentParser, cls: type, section: str, command: s
         if kind == "bool":
             flag = f"--no-{f.name.replace('_', '-')}" if default else flag_name(f)
             action = "store_false" if default else "store_true"
-            p.add_argument(flag, dest=dest, action=action, help=meta["help"])
+            text = f"switch off: {meta['help']}" if default else meta["help"]
+            p.add_argument(flag, dest=dest, action=action, help=text)
             continue
         shown = (
             ""
@@ -61,6 +62,7 @@ def _add_options(p: argparse.ArgumentParser, cls: type, section: str, command: s
         p.add_argument(
             flag_name(f),
             dest=dest,
+            metavar=None if meta["choices"] else flag_name(f).lstrip("-").replace("-", "_").upper(),
             type=_READERS[kind],
             default=default,
             choices=meta["choices"],
