@@ -80,19 +80,37 @@ EXPERIMENTS: dict[str, str] = {
     "fashion-mnist-budget-pilot": f"--data fashion-mnist {GRU} {SAMPLERS} {COSINE} --epochs 2 --seeds 1 "
     "--lrs 0.002,0.004,0.008 --eval-every 500",
     # The pilot's best peak learning rate was 0.004 for every sampler (0.002 and 0.008 worse).
-    "fashion-mnist-budget": f"--data fashion-mnist {GRU} {SAMPLERS} {COSINE} --epochs 2 --seeds 3 "
-    "--lrs uniform=0.004,fim=0.004,prune=0.004 --budgets 1,0.8,0.67,0.5 --eval-every 500",
+    # Pruning's honest controls: the random subset of the same size (RS2; prune kept 69% of its
+    # pruned epoch in the first run of this race) and prune ranked by the loss, InfoBatch's own
+    # score; both at prune's learning rate, not piloted on their own.
+    "fashion-mnist-budget": f"--data fashion-mnist {GRU} --samplers uniform,fim,prune,prune:loss,subset "
+    f"{COSINE} --epochs 2 --seeds 3 --subset-fraction 0.69 --budgets 1,0.8,0.67,0.5 --eval-every 500 "
+    "--lrs uniform=0.004,fim=0.004,prune=0.004,prune:loss=0.004,subset=0.004",
     # Character-LM windows (ceiling ~1.05): the switch should stay off and cost nothing. 1M
     # characters: 10,000 windows of 100, 9,000 after the validation split, 281 steps an epoch
     # at batch 32. Grids of 0.002-0.008 and 0.004-0.032 had their best at the top edge: raised.
     "stdlib-budget-pilot": "--data stdlib --max-chars 1000000 --hidden 128 --layers 1 --batch-size 32 "
     f"{SAMPLERS} {COSINE} --epochs 2 --seeds 1 --lrs 0.016,0.032,0.064,0.128 --eval-every 200",
+    # The pilot's best, 0.032 for every sampler, lies inside its grid.
+    "stdlib-budget": "--data stdlib --max-chars 1000000 --hidden 128 --layers 1 --batch-size 32 "
+    f"{SAMPLERS} {COSINE} --epochs 2 --seeds 3 --lrs uniform=0.032,fim=0.032,prune=0.032 "
+    "--budgets 1,0.8,0.67,0.5 --eval-every 200",
+    # WordNet's glosses once through (1,700 steps of 64, one epoch of 107,659): data seen about
+    # once, the regime where stale factors cannot steer. Within its first epoch prune draws as
+    # uniform does, so it is left out. The constant-lr pilot's best (0.004) was its grid's edge.
+    "wordnet-budget-pilot": f"--data wordnet --seq-len 128 --val-size 5000 {GRU} --samplers uniform,fim "
+    f"{COSINE} --steps 1700 --seeds 1 --lrs 0.004,0.008,0.016 --eval-every 425",
     # Data seen less than once: 3,000 steps of 64 see a fifth of the ~974,000 training names.
     # prune draws uniformly within its first epoch (identical to uniform to the last digit in
     # an earlier pilot), so the races here put presampling, fresh scores of a uniform candidate
     # pool, in its place.
     "names-budget-pilot": f"--data names {GRU} --samplers uniform,fim,presample {COSINE} --steps 3000 "
     "--seeds 1 --lrs 0.002,0.004,0.008 --eval-every 1000",
+    # 0.004 was best for every sampler. Presampling never switched on in the pilot: its cost, 3b
+    # candidates' forward passes (~100% of a step), cannot be repaid by 2 - 1/G < 2 fewer steps
+    # at a kept learning rate, so it trained uniformly; the race leaves it out.
+    "names-budget": f"--data names {GRU} --samplers uniform,fim {COSINE} --steps 3000 --seeds 3 "
+    "--lrs uniform=0.004,fim=0.004 --budgets 1,0.8,0.67,0.5 --eval-every 1000",
 }
 
 

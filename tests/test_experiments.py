@@ -286,3 +286,18 @@ def test_experiment_layers_import_downward_only():
             a.name.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
         }
         assert not imported & upper, name
+
+
+def test_tables_name_runs_by_their_labels():
+    """--samplers presample trains runs labelled presample:fim: the report crashed looking for 'presample'."""
+    from seqis.experiments.analysis import run_label
+
+    assert [run_label(s) for s in ("uniform", "presample", "importance:loss", "prune", "subset")] == [
+        "uniform",
+        "presample:fim",
+        "loss",
+        "prune",
+        "subset",
+    ]
+    summary = json.loads((ROOT / "docs" / "results" / "names-budget-pilot" / "summary.json").read_text())
+    assert "presample:fim" in summary["samplers"] and set(summary["samplers"]) == set(summary["best_lr"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from seqis.errors import ConfigError
 from seqis.experiments.budgets import analyse_budgets, budget_of
 from seqis.importance.noise import fixed_lr_step_gain
+from seqis.training.config import TrainConfig
 from seqis.training.metrics import read_metrics
 
 FRACTIONS = (0.3, 0.6, 0.9, 1.0)
@@ -241,6 +242,11 @@ def check_same_init(records: list[dict]) -> None:
         raise RuntimeError("samplers of one seed started from different parameters")
 
 
+def run_label(name: str) -> str:
+    """The label a ``--samplers`` name's runs carry (``presample`` -> ``presample:fim``)."""
+    return TrainConfig().with_sampler(name).sampler_label
+
+
 def tuned_runs(records: list[dict], best_lr: dict[str, float]) -> list[dict]:
     """The records of each sampler at its own best learning rate."""
     return [r for r in records if r["lr"] == best_lr[r["sampler"]]]
@@ -264,6 +270,8 @@ def analyse(meta: dict, records: list[dict]) -> dict:
         targets["val_loss"] = parse_targets(spec)
     result = {
         **meta,
+        # Runs are named by label (presample -> presample:fim): the tables' rows follow them.
+        "samplers": [run_label(s) for s in meta["samplers"]],
         "targets_spec": spec,
         "best_lr": tuned,
         "metrics": metrics,
