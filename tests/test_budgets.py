@@ -96,3 +96,13 @@ def test_a_pruned_run_worth_more_uniform_steps_than_its_own():
     assert figure["budget"] == pytest.approx(0.9)  # uniform: 0.31 at 0.8, 0.30 at 1
     assert figure["steps_worth"] == pytest.approx(900 / 760)
     assert equivalent_cell(figure) == "0.90 (steps worth 1.18×)"
+
+
+def test_uniform_matching_at_the_smallest_budget_makes_the_saving_a_bound():
+    flat = {1.0: 0.300, 0.8: 0.301, 0.67: 0.302, 0.5: 0.303}  # inside the tolerance everywhere
+    late = {1.0: 0.300, 0.8: 0.320, 0.67: 0.330, 0.5: 0.340}
+    both = analyse_budgets(_runs("uniform", flat, spread=0.01) + _runs("copy", flat))["figures"]["copy"]
+    assert both["lossless"]["kind"] == "both" and both["lossless"]["saving"] is None
+    assert saving_cell(both["lossless"]).startswith("– (uniform and the sampler both match")
+    upper = analyse_budgets(_runs("uniform", flat, spread=0.01) + _runs("late", late))["figures"]["late"]
+    assert upper["lossless"]["kind"] == "upper" and saving_cell(upper["lossless"]).startswith("≤ ")

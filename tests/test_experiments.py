@@ -301,3 +301,13 @@ def test_tables_name_runs_by_their_labels():
     ]
     summary = json.loads((ROOT / "docs" / "results" / "names-budget-pilot" / "summary.json").read_text())
     assert "presample:fim" in summary["samplers"] and set(summary["samplers"]) == set(summary["best_lr"])
+
+
+def test_a_races_factor_names_its_runs(tmp_path):
+    """compare --factor loss --samplers importance trains 'loss' runs: the tables must find them."""
+    out = tmp_path / "factor"
+    args = ["compare", "--data", "digits:rows", "--samplers", "importance", "--factor", "loss"]
+    args += ["--seeds", "1"]
+    assert main([*args, "--steps", "10", "--eval-every", "5", "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samplers"] == ["uniform", "loss"] and set(summary["best_lr"]) == {"uniform", "loss"}

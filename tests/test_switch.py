@@ -300,3 +300,16 @@ def test_the_switch_turns_off_when_the_cut_no_longer_pays_for_mining():
     edge = 1.06  # hysteresis: a cut that would not switch on keeps it on
     assert not switch.pays(edge, 300.0) and switch.keeps_paying(edge, 300.0)
     assert switch.keeps_paying(1.02, noise_scale=None)  # B unknown: min_gain_off alone
+
+
+def test_the_fresh_gain_of_an_importance_drawn_harvest_is_uniforms_cost_aware_too():
+    rng = np.random.default_rng(0)
+    n = 20000
+    s, c = rng.lognormal(0.0, 1.0, n), rng.integers(5, 100, n).astype(float)
+    p = s / s.sum()
+    drawn = rng.choice(n, 40000, p=p)
+    w = 1 / (n * p[drawn])
+    for costs in (None, c):
+        truth = estimated_gain(s, 0.2, costs)
+        weighted = estimated_gain(s[drawn], 0.2, None if costs is None else costs[drawn], w)
+        assert weighted == pytest.approx(truth, rel=0.1)

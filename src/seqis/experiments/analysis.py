@@ -271,7 +271,7 @@ def analyse(meta: dict, records: list[dict]) -> dict:
     result = {
         **meta,
         # Runs are named by label (presample -> presample:fim): the tables' rows follow them.
-        "samplers": [run_label(s) for s in meta["samplers"]],
+        "samplers": meta.get("labels") or [run_label(s) for s in meta["samplers"]],
         "targets_spec": spec,
         "best_lr": tuned,
         "metrics": metrics,

@@ -82,9 +82,15 @@ def lossless_saving(table: dict[str, dict[float, dict]], sampler: str) -> dict:
     threshold = uniform_full["loss"]["mean"] + tolerance
     rows, uniform = table[sampler], table["uniform"]
     budget, kind = _crossing([(b, rows[b]["loss"]["mean"]) for b in sorted(rows)], threshold)
-    own, _ = _crossing([(b, uniform[b]["loss"]["mean"]) for b in sorted(uniform)], threshold)
+    own, own_kind = _crossing([(b, uniform[b]["loss"]["mean"]) for b in sorted(uniform)], threshold)
+    # At or below the smallest budget a crossing is only an upper bound: the sampler's makes the
+    # saving a lower bound (at_most), uniform's an upper one; both: no figure.
+    if own_kind == "at_most":
+        kind = "both" if kind == "at_most" else "upper" if budget is not None else kind
     result = {"threshold": threshold, "tolerance": tolerance, "budget": budget, "kind": kind}
     result["uniform_budget"] = own
+    if kind == "both":
+        return {**result, "saving": None, "steps_saving": None, "time_saving": None, "gap_at_full": None}
     if budget is None:
         result["gap_at_full"] = rows[max(rows)]["loss"]["mean"] - uniform_full["loss"]["mean"]
         return {**result, "saving": None, "steps_saving": None, "time_saving": None}
@@ -133,9 +139,11 @@ def analyse_budgets(records: list[dict]) -> dict:
 
 def saving_cell(lossless: dict) -> str:
     """``1.32× (steps 1.30×, time 1.41×)``, ``≥ 2.00×`` as a bound, ``< 1 (+0.012)`` when never matched."""
+    if lossless["kind"] == "both":
+        return "– (uniform and the sampler both match at the smallest budget: run smaller ones)"
     if lossless["saving"] is None:
         return f"< 1 (loss {lossless['gap_at_full']:+.4f} at the full budget)"
-    bound = "≥ " if lossless["kind"] == "at_most" else ""
+    bound = {"at_most": "≥ ", "upper": "≤ "}.get(lossless["kind"], "")
     return (
         f"{bound}{lossless['saving']:.2f}× (steps {bound}{lossless['steps_saving']:.2f}×, "
         f"time {bound}{lossless['time_saving']:.2f}×)"

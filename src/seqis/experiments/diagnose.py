@@ -151,12 +151,16 @@ def _store_note(store: StoreState | None, fresh: float) -> str:
 
 
 def _store_state(config: TrainConfig, model_state: dict, n: int) -> StoreState | None:
-    """The store switching on now would draw from, over the next epoch (diagnose has no plan)."""
+    """The store switching on now would draw from, over the rest of the plan as ``train`` sees
+    it (--steps or --epochs past the trained steps), or over the next epoch without one."""
     if config.mining.sampler != "importance":
         return None
     b = config.batch_size
     scored_per_step = min(1.0, (1.0 + config.mining.refresh_share) * b / n)
-    return StoreState(model_state["coverage"], scored_per_step, -(-n // b))
+    epochs = config.planned_epochs
+    planned = config.planned_steps or (round(epochs * n / b) if epochs else None)
+    left = planned - model_state["step"] if planned else 0
+    return StoreState(model_state["coverage"], scored_per_step, left if left > 0 else -(-n // b))
 
 
 def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:

@@ -111,6 +111,7 @@ def compare(
         "data": base.data,
         "model": base.model.cell,
         "samplers": samplers,
+        "labels": [base.with_sampler(s).sampler_label for s in samplers],  # what the runs are named
         "seeds": seeds,
         "lrs": lrs,
         "time_budget": base.time_budget,

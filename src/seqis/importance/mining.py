@@ -248,7 +248,8 @@ class Miner:
             return None
         n, b = len(self.sampler.indices), self.sampler.batch_size
         refreshed = self.config.refresh_share if self.score_fn is not None else 0.0
-        left = self.planned_steps - (step + 1) if self.planned_steps else math.ceil(n / b)
+        end = min(self.planned_steps or math.inf, self.uniform_from or math.inf)  # --anneal: uniform after
+        left = end - (step + 1) if end < math.inf else math.ceil(n / b)
         return StoreState(self.sampler.coverage, min(1.0, (1.0 + refreshed) * b / n), max(left, 1))
 
     def _harvest_sample(self) -> HarvestSample:

@@ -96,35 +96,36 @@ def as_records(rows: list) -> list[dict]:
 
 
 # -- gains ------------------------------------------------------------------------------------
-def estimated_gain(factors: np.ndarray, smoothing: float, costs: np.ndarray | None = None) -> float:
-    """Uniform's second moment / importance sampling's, for p mixed with uniform, from a uniform sample.
+def estimated_gain(
+    factors: np.ndarray, smoothing: float, costs: np.ndarray | None = None, weights: np.ndarray | None = None
+) -> float:
+    """Uniform's second moment / importance sampling's, for p mixed with uniform, from a uniform sample
+    (or one drawn with ``weights`` w = 1/(N p), whose weighted means are uniform's).
 
     With ``costs`` p follows s/sqrt(c), and the gain is of variance x expected cost per step.
     """
     s = np.asarray(factors, dtype=np.float64)
-    good = np.isfinite(s) & (s >= 0)
-    s = s[good]
-    if s.size < 2 or s.mean() <= 0:
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
+    good = np.isfinite(s) & (s >= 0) & np.isfinite(w)
+    s, w = s[good], w[good]
+
+    def mean(x: np.ndarray) -> float:
+        return float(np.sum(w * x) / np.sum(w))
+
+    if s.size < 2 or mean(s) <= 0:
         return 1.0
     if costs is None:
-        mix = (1.0 - smoothing) * s / s.mean() + smoothing
-        return float(np.mean(s**2) / np.mean(s**2 / mix))
+        mix = (1.0 - smoothing) * s / mean(s) + smoothing
+        return mean(s**2) / mean(s**2 / mix)
     c = np.asarray(costs, dtype=np.float64)[good]
     r = s / np.sqrt(c)
-    n_p = (1.0 - smoothing) * r / r.mean() + smoothing  # N p_i
-    return float(np.mean(s**2) * np.mean(c) / (np.mean(s**2 / n_p) * np.mean(n_p * c)))
+    n_p = (1.0 - smoothing) * r / mean(r) + smoothing  # N p_i
+    return mean(s**2) * mean(c) / (mean(s**2 / n_p) * mean(n_p * c))
 
 
 def fresh_gain(factors: np.ndarray, weights: np.ndarray, smoothing: float) -> float:
     """:func:`estimated_gain` from a sample drawn with weights ``w = 1/(N p)`` (importance draws)."""
-    s, w = np.asarray(factors, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    good = np.isfinite(s) & (s >= 0) & np.isfinite(w)
-    s, w = s[good], w[good]
-    mean = float(np.sum(w * s) / np.sum(w)) if s.size > 1 else 0.0
-    if mean <= 0:
-        return 1.0
-    mix = (1.0 - smoothing) * s / mean + smoothing
-    return float(np.sum(w * s**2) / np.sum(w * s**2 / mix))
+    return estimated_gain(factors, smoothing, weights=weights)
 
 
 def ceiling(factors: np.ndarray) -> float:
@@ -185,6 +186,7 @@ class Switch:
         self.predicted_gain = 1.0  # the latest predicted cut, while IS is off
         self.lr_multiplier = 1.0
         self.quality = 1.0  # of stored factors, learnt from delivered cuts; no evidence yet: 1
+        self._coverage_before: float | None = None  # at the previous on-state decision
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
@@ -199,9 +201,13 @@ class Switch:
         return step_gain >= 1.0 + self.cost / 2
 
     def learn_quality(self, delivered: float, fresh: float, coverage: float) -> None:
-        """q from an on-state harvest: the delivered cut against what coverage c alone explains."""
-        explained = coverage * (1.0 - 1.0 / max(fresh, 1.0))
-        if explained < 0.02:  # too little of the store scored to tell quality from coverage
+        """q from an on-state harvest: the delivered cut against what coverage alone explains
+        (the mean coverage over the harvest's window: the delivered cut is of all its draws)."""
+        before, self._coverage_before = self._coverage_before, coverage
+        if before is None:  # the window began as IS switched on: its coverage grew from c0
+            return
+        explained = 0.5 * (before + coverage) * (1.0 - 1.0 / max(fresh, 1.0))
+        if explained < 0.1:  # too little of the store scored to tell quality from noise
             return
         seen = min(max((1.0 - 1.0 / max(delivered, 1e-9)) / explained, 0.0), 1.0)
         self.quality = 0.5 * self.quality + 0.5 * seen
@@ -235,11 +241,9 @@ class Switch:
         """
         if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
             return True
-        smoothing = self.config.smoothing
-        if sample.costs is not None:  # cost-aware: judge the distribution the sampler draws
-            fresh = estimated_gain(sample.factors, smoothing, sample.costs)
-        else:
-            fresh = fresh_gain(sample.factors, sample.weights, smoothing)
+        # Cost-aware: the gain of the distribution the sampler draws (p ~ s/sqrt(c)); while on the
+        # harvest is importance-drawn, and its weights turn its means into uniform's.
+        fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
         if active:
             gain = delivered_gain(sample.factors, sample.weights, sample.costs)
             if store is not None:
@@ -249,6 +253,7 @@ class Switch:
         else:
             gain = predicted = self.predicted_gain = self.predicted_cut(fresh, store)
             now = self.pays(gain, noise_scale)
+            self._coverage_before = None
         self.history.append(Decision(step, gain, now, predicted))
         return now
 
@@ -267,6 +272,7 @@ class Switch:
             "predicted_gain": self.predicted_gain,
             "lr_multiplier": self.lr_multiplier,
             "quality": self.quality,
+            "coverage_before": self._coverage_before,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -274,6 +280,7 @@ class Switch:
         self.predicted_gain = state["predicted_gain"]
         self.lr_multiplier = state["lr_multiplier"]
         self.quality = state.get("quality", 1.0)
+        self._coverage_before = state.get("coverage_before")
 
 
 @dataclass
