@@ -22,6 +22,21 @@ def example():
     return runpy.run_path(str(EXAMPLE))
 
 
+def _quiet_trainer(tmp_path, max_steps, callbacks, **kwargs):
+    """A CPU Trainer without logger, checkpoints, progress bar or summary."""
+    return pl.Trainer(
+        max_steps=max_steps,
+        callbacks=callbacks,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
 def test_callback_trains_and_switches_on(example, tmp_path):
     result = example["main"](120, out=str(tmp_path / "run"))
     loader = result["importance"].loader
@@ -76,16 +91,7 @@ def test_loader_from_the_modules_own_train_dataloader_hook(example, tmp_path):
             return torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
 
     importance = ImportanceSampling("head", seqis.MiningConfig(always_on=True))
-    trainer = pl.Trainer(
-        max_steps=60,
-        callbacks=[importance],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _quiet_trainer(tmp_path, 60, [importance])
     trainer.fit(WithLoader(data.input_size, data.num_outputs))
     assert importance.loader.steps == 60 and importance.loader.active
     assert importance.loader.sampler.batch_size == 16
@@ -181,16 +187,7 @@ def test_a_users_own_scheduler_runs_unchanged_under_the_callback(example, tmp_pa
         dataset = example["Recordings"](data, data.train_idx.tolist())
         loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
         pl.seed_everything(0, verbose=False)
-        trainer = pl.Trainer(
-            max_steps=40,
-            callbacks=[*callbacks, rates],
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = _quiet_trainer(tmp_path, 40, [*callbacks, rates])
         trainer.fit(Scheduled(data.input_size, data.num_outputs), train_dataloaders=loader)
         return rates.seen
 
@@ -222,15 +219,6 @@ def test_a_modules_own_importance_loader_is_driven_by_the_callback(example, tmp_
             return seqis.ImportanceLoader(plain, self.head, seqis.MiningConfig(always_on=True))
 
     importance = ImportanceSampling("head")
-    trainer = pl.Trainer(
-        max_steps=60,
-        callbacks=[importance],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _quiet_trainer(tmp_path, 60, [importance])
     trainer.fit(OwnLoader(data.input_size, data.num_outputs))
     assert importance.loader is not None and importance.loader.steps == 60 and importance.loader.active
