@@ -15,7 +15,6 @@ from seqis.importance.switch import (
     coverage_ahead,
     delivered_gain,
     estimated_gain,
-    fresh_gain,
     mining_cost,
     store_gain,
 )
@@ -213,7 +212,7 @@ def _delivered(sampler, fresh, draws=1000):
     batches = [sampler.draw() for _ in range(draws)]
     idx = torch.cat([d[0] for d in batches]).numpy()
     w = torch.cat([d[1] for d in batches]).double().numpy()
-    return delivered_gain(fresh[idx], w), fresh_gain(fresh[idx], w, 0.2)
+    return delivered_gain(fresh[idx], w), estimated_gain(fresh[idx], 0.2, weights=w)
 
 
 @pytest.mark.parametrize("coverage", [1.0, 0.5, 0.2, 0.02])

@@ -156,11 +156,11 @@ def _store_state(config: TrainConfig, model_state: dict, n: int) -> StoreState |
     if config.mining.sampler != "importance":
         return None
     b = config.batch_size
-    scored_per_step = min(1.0, (1.0 + config.mining.refresh_share) * b / n)
     epochs = config.planned_epochs
     planned = config.planned_steps or (round(epochs * n / b) if epochs else None)
     left = planned - model_state["step"] if planned else 0
-    return StoreState(model_state["coverage"], scored_per_step, left if left > 0 else -(-n // b))
+    horizon = left if left > 0 else -(-n // b)
+    return StoreState.of(model_state["coverage"], n, b, config.mining.refresh_share, horizon)
 
 
 def _trained_state(config: TrainConfig, checkpoint: str | None) -> dict:

@@ -250,7 +250,7 @@ class Miner:
         refreshed = self.config.refresh_share if self.score_fn is not None else 0.0
         end = min(self.planned_steps or math.inf, self.uniform_from or math.inf)  # --anneal: uniform after
         left = end - (step + 1) if end < math.inf else math.ceil(n / b)
-        return StoreState(self.sampler.coverage, min(1.0, (1.0 + refreshed) * b / n), max(left, 1))
+        return StoreState.of(self.sampler.coverage, n, b, refreshed, max(left, 1))
 
     def _harvest_sample(self) -> HarvestSample:
         """Steps, scale-normalised factors, weights and costs of the recent harvests."""

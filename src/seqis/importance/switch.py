@@ -63,6 +63,14 @@ class StoreState:
     scored_per_step: float  # share of sequences scored per step while IS is on (harvest + refresh)
     horizon: int  # steps left in the plan (an epoch when there is no plan)
 
+    @classmethod
+    def of(
+        cls, coverage: float, sequences: int, batch_size: int, refresh_share: float, horizon: int
+    ) -> StoreState:
+        """A store of ``sequences`` where, while IS is on, each step scores its batch (the harvest)
+        and ``refresh_share`` of a batch more (the refresh sweep)."""
+        return cls(coverage, min(1.0, (1.0 + refresh_share) * batch_size / sequences), horizon)
+
 
 def coverage_ahead(coverage: float, scored_per_step: float, horizon: int) -> float:
     """Mean coverage over the next ``horizon`` steps if a share ``scored_per_step`` of the
@@ -121,11 +129,6 @@ def estimated_gain(
     r = s / np.sqrt(c)
     n_p = (1.0 - smoothing) * r / mean(r) + smoothing  # N p_i
     return mean(s**2) * mean(c) / (mean(s**2 / n_p) * mean(n_p * c))
-
-
-def fresh_gain(factors: np.ndarray, weights: np.ndarray, smoothing: float) -> float:
-    """:func:`estimated_gain` from a sample drawn with weights ``w = 1/(N p)`` (importance draws)."""
-    return estimated_gain(factors, smoothing, weights=weights)
 
 
 def ceiling(factors: np.ndarray) -> float:
