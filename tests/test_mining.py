@@ -58,7 +58,8 @@ def test_switch_clears_the_harvest_sample_and_skips_o_n_work_while_off(miner, mo
     _train(miner, 50, lambda index, step: heavy[index])
     assert miner.sampler.active and miner.switch.history[-1].gain > 1.2
     assert len(miner._harvest_sample()) == 0  # the uniform sample is gone after the switch
-    _train(miner, 10, lambda index, step: heavy[index], start=50)
+    _train(miner, 20, lambda index, step: heavy[index], start=50)
+    miner.flush()
     sample = miner._harvest_sample()
     steps, w = sample.steps, sample.weights
     assert steps.min() >= 50 and (w != 1).any()  # only importance-drawn harvests, with weights
@@ -127,3 +128,41 @@ def test_anneal_draws_the_last_share_of_planned_steps_uniformly():
         active.append(sampler.active)
     assert miner.uniform_from == 150
     assert all(active[49:149]) and not any(active[149:]) and not any(active[:49])
+
+
+def test_held_harvests_reach_sampler_switch_and_noise_as_step_by_step_ones():
+    heavy = torch.linspace(0.01, 10.0, 2000) ** 3
+    config = MiningConfig(factor="fim", refresh_fraction=0.0, check_every=20, warmup_steps=20)
+    miners = [
+        Miner(ImportanceSampler(range(2000), batch_size=64, smoothing=0.2, seed=0), config, record_every=k)
+        for k in (1, 8)
+    ]
+    for miner in miners:
+        rng = np.random.default_rng(3)
+        for step in range(63):  # the switch turns on at step 20; 63 leaves harvests held
+            index = torch.from_numpy(rng.integers(0, 2000, 64))  # the same batches for both
+            weights = torch.from_numpy(rng.uniform(0.5, 2.0, 64)) if miner.sampler.active else None
+            grad_sq = torch.tensor(float(rng.uniform(1.0, 2.0)))
+            miner.harvest(index, heavy[index] * (1 + step / 100), step, weights, grad_sq)
+            miner.after_step(step)
+    one, held = miners
+    assert held._pending and not one._pending
+    held.flush()
+    assert one.sampler.active and held.sampler.active
+    np.testing.assert_array_equal(one.sampler.factors, held.sampler.factors)
+    np.testing.assert_array_equal(one.sampler.scored_step, held.sampler.scored_step)
+    np.testing.assert_array_equal(one._harvest_sample().factors, held._harvest_sample().factors)
+    assert one.noise_figures() == held.noise_figures() and one.noise.batch_sq == held.noise.batch_sq
+
+
+def test_a_refresh_is_not_overwritten_by_older_held_harvests():
+    sampler = ImportanceSampler(range(100), batch_size=8, smoothing=0.2, seed=0)
+    sampler.record(torch.arange(100), torch.ones(100))
+    sampler.active = True
+    config = MiningConfig(always_on=True, refresh_fraction=1.0, refresh_batch=16)
+    miner = Miner(sampler, config, score_fn=lambda index: torch.full((len(index),), 5.0))
+    miner.harvest(torch.arange(8), torch.full((8,), 2.0), 0)  # held
+    miner.after_step(0)  # credit 8 < 16: no refresh yet
+    miner.harvest(torch.arange(8), torch.full((8,), 3.0), 1)
+    miner.after_step(1)  # refresh of sequences 0..15 at step 1, after the held harvests
+    assert sampler.factors[:16].tolist() == [5.0] * 16

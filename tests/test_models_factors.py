@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from seqis.data.registry import DataOptions, load_data
+from seqis.importance import factors
 from seqis.importance.factors import exact_factors, fim_factors, gradnorm_factors, use_gram
 from seqis.models.rnn import ModelConfig, RecurrentModel
 
@@ -95,6 +96,16 @@ def test_fim_equals_autograd_classification(vowels):
     out = model(batch)
     fim = fim_factors(out.logits[:, 0], out.hidden[:, 0], out.targets[:, 0])  # (B, K): no time axis
     assert torch.allclose(fim.double(), output_layer_grad_norms(model, batch), rtol=1e-5)
+    assert torch.equal(fim_factors(out.logits, out.hidden, out.targets, out.mask), fim)  # (B, 1, K)
+    mask = torch.ones(len(fim), 1, dtype=torch.bool)
+    mask[3] = False  # a sequence with no real step has no gradient
+    masked = fim_factors(out.logits, out.hidden, out.targets, mask)
+    assert masked[3] == 0 and torch.equal(masked[4:], fim[4:])
+    # the device path (torch ops) and the CPU path (NumPy) agree; bfloat16 is computed in float32
+    on_device = factors._one_output_norms_torch(out.logits[:, 0], out.hidden[:, 0], out.targets[:, 0], None)
+    assert torch.allclose(on_device, fim, rtol=1e-6)
+    low = fim_factors(out.logits.bfloat16(), out.hidden.bfloat16(), out.targets)
+    assert low.dtype == torch.float32 and torch.allclose(low.double(), fim, rtol=0.05)
 
 
 def test_gradnorm_bounds_and_exact_matches_loop(vowels):

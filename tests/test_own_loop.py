@@ -82,6 +82,7 @@ def test_loader_yields_the_users_batches_and_weighs_them():
         DataLoader(items, batch_size=8, collate_fn=pad_collate), model.head, config
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader.sampler.lookahead = 1  # one batch a walk: the distribution it was drawn from is today's
     seen_active = False
     for _ in range(3):
         for x, lengths, y in loader:
@@ -178,6 +179,7 @@ def _one_step(reduction: str, clip: float | None):
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     loader.step()
+    loader.miner.flush()  # harvests reach the noise scale a few steps at a time
     return loader.miner.noise.batch_sq, unclipped
 
 

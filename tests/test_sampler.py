@@ -102,6 +102,32 @@ def test_state_round_trip_continues_identically():
         assert torch.equal(ia, ib) and torch.equal(wa, wb)
 
 
+def test_batches_drawn_ahead_keep_the_weights_of_the_distribution_they_came_from():
+    n, b = 50, 10
+    sampler = ImportanceSampler(torch.arange(n), b, smoothing=0.2, seed=0, lookahead=3)
+    sampler.record(torch.arange(n), torch.linspace(0.1, 5.0, n))
+    sampler.active = True
+    before = sampler.probabilities()
+    first = [sampler.draw() for _ in range(1)]
+    sampler.record(torch.arange(n), torch.linspace(5.0, 0.1, n))  # the factors turn round
+    after = sampler.probabilities()
+    first += [sampler.draw() for _ in range(2)]  # the rest of the first walk
+    for index, weights in first:
+        assert torch.allclose(weights.double(), torch.from_numpy(1 / (n * before[index.numpy()])))
+    index, weights = sampler.draw()  # a new walk, over the new factors
+    assert torch.allclose(weights.double(), torch.from_numpy(1 / (n * after[index.numpy()])))
+    state = sampler.state_dict()
+    sampler.active = False  # a regime change drops what was drawn ahead for the old one
+    assert sampler.draw()[1].eq(1).all()
+    resumed = ImportanceSampler(torch.arange(n), b, smoothing=0.2, seed=5, lookahead=3)
+    resumed.load_state_dict(state)
+    sampler.load_state_dict(state)
+    for _ in range(4):  # the two walks' remains, then fresh walks, alike
+        assert all(torch.equal(x, y) for x, y in zip(sampler.draw(), resumed.draw(), strict=True))
+    with pytest.raises(ValueError, match="lookahead"):
+        ImportanceSampler(torch.arange(n), b, lookahead=0)
+
+
 def test_gain_estimates():
     assert ceiling(np.ones(100)) == pytest.approx(1.0)
     s = np.array([1.0, 3.0])

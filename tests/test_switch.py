@@ -115,9 +115,11 @@ def test_batches_drawn_in_the_other_regime_do_not_feed_the_switch():
     sampler.active = True
     # a batch the loader's workers drew while importance sampling was still off
     miner.harvest(torch.arange(8), torch.rand(8), step=0, batch_grad_sq=1.0, drawn_active=False)
+    miner.flush()
     assert not miner._recent and miner.noise.batch_sq is None
     assert sampler.scored_step[:8].tolist() == [0] * 8  # its factors are still recorded
     miner.harvest(torch.arange(8, 16), torch.rand(8), step=1, batch_grad_sq=1.0)
+    miner.flush()
     assert len(miner._recent) == 1 and miner.noise.batch_sq == 1.0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -57,9 +58,42 @@ def fim_factors(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | 
     inputs, ``targets`` the class ids, ``mask`` true at real steps (default: all). For any other
     loss, :class:`seqis.importance.hooks.OutputLayerNorms` reads the norms off the backward pass.
     """
+    if logits.dim() == 2:
+        return _one_output_norms(logits, hidden, targets, mask)
+    if logits.shape[1] == 1:  # a classifier's single step, with a time axis
+        mask = None if mask is None else mask[:, 0]
+        return _one_output_norms(logits[:, 0], hidden[:, 0], targets[:, 0], mask)
     logits, hidden, targets, mask = _sequence_axes(logits, hidden, targets, mask)
     delta = _deltas(logits, targets, mask)
     return output_layer_norms(delta, hidden.detach().to(delta.dtype))
+
+
+def _one_output_norms(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+    """One output a sequence: ||delta [h; 1]^T||_F = ||delta|| sqrt(|h|^2 + 1). It runs on every
+    step of a classifier, so on the CPU it runs in NumPy, whose small-array calls cost a fraction
+    of torch's (half the time at batch 16); on a GPU it stays on the device."""
+    if logits.device.type == "cpu":
+        return _one_output_norms_numpy(logits, hidden, targets, mask)
+    return _one_output_norms_torch(logits, hidden, targets, mask)
+
+
+def _one_output_norms_torch(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    delta = torch.softmax(logits.detach().to(dtype), dim=-1)
+    minus_one = torch.full((len(targets), 1), -1.0, dtype=dtype, device=delta.device)
+    delta.scatter_add_(-1, targets.unsqueeze(-1), minus_one)
+    norms = delta.pow(2).sum(1).mul_(hidden.detach().to(dtype).pow(2).sum(1).add_(1)).sqrt_()
+    return norms if mask is None else norms * mask.to(dtype)
+
+
+def _one_output_norms_numpy(logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # half precision is too coarse
+    z, h = logits.detach().to(dtype).numpy(), hidden.detach().to(dtype).numpy()
+    delta = np.exp(z - z.max(1, keepdims=True))
+    delta /= delta.sum(1, keepdims=True)
+    delta[np.arange(len(delta)), targets.numpy()] -= 1.0
+    norms = np.sqrt(np.einsum("ij,ij->i", delta, delta) * (1.0 + np.einsum("ij,ij->i", h, h)))
+    return torch.from_numpy(norms if mask is None else norms * mask.numpy())
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
@@ -59,12 +59,46 @@ class FactorStore(Protocol):
     draws_from_store: bool  # importance draws come from the recorded factors (not fresh scores)
     repaired: int
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None: ...
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None: ...
 
     @property
     def coverage(self) -> float: ...
 
     def median_factor_age(self, now: int) -> float | None: ...
+
+
+@dataclass
+class PendingHarvest:
+    """One step's harvest, held until the miner flushes; on a GPU its copies to the host in flight."""
+
+    step: int
+    same_regime: bool  # drawn in the regime in use: it joins the switch's sample and the noise scale
+    grad_sq: float | Tensor | None = None
+    index: Tensor | None = None  # None: a step whose factors were not harvested
+    factors: Tensor | None = None
+    weights: Tensor | None = None
+    copied: torch.cuda.Event | None = None
+
+    def to_host(self) -> PendingHarvest:
+        """The same harvest on the CPU; copies from a GPU are queued on its stream, not awaited."""
+        parts = (self.grad_sq, self.index, self.factors, self.weights)
+        on_gpu = any(isinstance(t, Tensor) and t.device.type == "cuda" for t in parts)
+        host = [t.to("cpu", non_blocking=on_gpu) if isinstance(t, Tensor) else t for t in parts]
+        held = PendingHarvest(self.step, self.same_regime, *host)
+        if on_gpu:
+            held.copied = torch.cuda.Event()
+            held.copied.record()
+        return held
+
+    def wait(self) -> None:
+        """Block until the copies to the host have landed (at once on the CPU)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+            self.copied = None
+
+    def state_dict(self) -> dict:
+        self.wait()
+        return {k: v for k, v in asdict(self).items() if k != "copied"}
 
 
 class Miner:
@@ -98,6 +132,7 @@ class Miner:
         total_steps: int | None = None,
         grad_batch_size: int | None = None,
         planned_steps: int | None = None,
+        record_every: int = 8,
     ):
         self.sampler, self.config, self.score_fn, self.lengths = sampler, config, score_fn, lengths
         # With ``anneal``, the last share of the planned steps is uniform: importance sampling
@@ -117,6 +152,8 @@ class Miner:
         # (step, factor / scale, weight, cost) rows of recent harvests: the switch's sample.
         self._recent: deque[np.ndarray] = deque(maxlen=max(1, config.check_every))
         self._scale: float | None = None
+        self.record_every = max(1, record_every)
+        self._pending: list[PendingHarvest] = []
         self.mining_time_s = 0.0  # refresh and switch: work outside the training step
         self.harvest_time_s = 0.0  # factor arithmetic inside the step, on its forward pass
         self.active_steps = 0
@@ -139,7 +176,7 @@ class Miner:
         factors: Tensor | Callable[[int], Tensor],
         step: int,
         weights: Tensor | None = None,
-        batch_grad_sq: float | None = None,
+        batch_grad_sq: float | Tensor | None = None,
         drawn_active: bool | None = None,
     ) -> None:
         """Record factors of the sequences just trained on (this rank's slice of the batch).
@@ -149,43 +186,87 @@ class Miner:
         the squared norm of the step's gradient before clipping, of the same parameters the
         factors are norms for (the output layer's for ``fim``); ``drawn_active`` says whether the
         batch was drawn by importance (default: whether importance sampling is on now).
+
+        Harvests reach the sampler ``record_every`` steps at a time (and before every decision,
+        refresh and :meth:`flush`): one tree update for all of them, and on a GPU their copies to
+        the host run in the background instead of making each step wait for them.
         """
         active = self.sampler.active
         drawn_active = active if drawn_active is None else drawn_active
+        same_regime = drawn_active == active
+        grad_sq = batch_grad_sq if self.noise is not None and same_regime else None
         weights = torch.ones(len(index)) if weights is None else weights
-        if self.noise is not None and batch_grad_sq is not None and drawn_active == active:
-            self.noise.observe_batch(batch_grad_sq)
-        if not drawn_active:
+        if not drawn_active and step % self.config.switch_every:
             # Nothing is drawn from the factors while IS is off; the switch needs only a
             # uniform sample of them, and the rest of the harvest would be pure overhead.
-            if step % self.config.switch_every:
-                return
+            self._hold(PendingHarvest(step, same_regime, grad_sq))
+            return
+        if not drawn_active:
             index, weights = index[: self.config.switch_sample], weights[: self.config.switch_sample]
         start = time.perf_counter()
         factors = factors(len(index)) if callable(factors) else factors[: len(index)]
-        # Every rank records every rank's factors, so all samplers stay identical.
-        index = self.ctx.gather(index.to(factors.device)).cpu()
-        weights = self.ctx.gather(weights.to(factors.device, factors.dtype)).cpu()
-        factors = self.ctx.gather(factors).cpu()
-        self.sampler.record(index, factors, step)
-        if drawn_active == active:
-            self._observe(index, factors, weights, step)
+        if self.ctx.enabled:  # every rank records every rank's factors, so all samplers stay identical
+            index = self.ctx.gather(index.to(factors.device))
+            weights = self.ctx.gather(weights.to(factors.device, factors.dtype))
+            factors = self.ctx.gather(factors)
+        self._hold(PendingHarvest(step, same_regime, grad_sq, index, factors.detach(), weights))
         self.harvest_time_s += time.perf_counter() - start
 
-    def _observe(self, index: Tensor, factors: Tensor, weights: Tensor, step: int) -> None:
-        """Add a harvest of the regime in use to the switch's sample and the noise scale."""
-        s, w = factors.double().numpy(), weights.double().numpy()
-        good = np.isfinite(s) & (s >= 0)
-        s, w = s[good], w[good]
-        costs = self._costs(index)[good]
+    def _hold(self, harvest: PendingHarvest) -> None:
+        self._pending.append(harvest.to_host())
+        if len(self._pending) >= self.record_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the held harvests to the sampler, the switch's sample and the noise scale."""
+        if not self._pending:
+            return
+        start = time.perf_counter()
+        pending, self._pending = self._pending, []
+        for harvest in pending:
+            harvest.wait()
+        scored = [h for h in pending if h.index is not None]
+        if scored:
+            steps = torch.cat([torch.full((len(h.index),), h.step, dtype=torch.long) for h in scored])
+            self.sampler.record(
+                torch.cat([h.index for h in scored]), torch.cat([h.factors for h in scored]), steps
+            )
+        for harvest in pending:
+            if harvest.grad_sq is not None:
+                self.noise.observe_batch(float(harvest.grad_sq))
+        observed = [h for h in scored if h.same_regime]
+        if observed:
+            self._observe(observed)
+        self.harvest_time_s += time.perf_counter() - start
+
+    def _observe(self, harvests: list[PendingHarvest]) -> None:
+        """Add harvests of the regime in use, in order, to the switch's sample and the noise scale
+        (one pass over all of them; only the moving averages step harvest by harvest)."""
+        sizes = [len(h.index) for h in harvests]
+        s = torch.cat([h.factors for h in harvests]).double().numpy()
+        w = torch.cat([h.weights for h in harvests]).double().numpy()
+        costs = self._costs(torch.cat([h.index for h in harvests]))
+        steps = np.repeat(np.array([h.step for h in harvests], dtype=np.float64), sizes)
+        group = np.repeat(np.arange(len(harvests)), sizes)
+        good = np.isfinite(s) & (s >= 0) & np.isfinite(w)
+        s, w, costs, steps, group = s[good], w[good], costs[good], steps[good], group[good]
+        count = np.bincount(group, minlength=len(harvests))
+        ws, w_sum = np.bincount(group, w * s, len(harvests)), np.bincount(group, w, len(harvests))
         if self.noise is not None:
-            self.noise.observe_samples(s, w, None if self.sampler.active else self.switch.predicted_gain)
-        # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
-        # sees the spread across sequences, not the drift of the scale as the model learns.
-        mean = float(np.sum(w * s) / np.sum(w)) if s.size else 0.0  # uniform's mean, unbiased
-        if mean > 0:
-            self._scale = mean if self._scale is None else 0.7 * self._scale + 0.3 * mean
-            self._recent.append(np.stack([np.full_like(s, step), s / self._scale, w, costs]))
+            predicted = None if self.sampler.active else self.switch.predicted_gain
+            uniform_sq = np.bincount(group, w * s * s, len(harvests))
+            drawn_sq = np.bincount(group, w * w * s * s, len(harvests))
+            for i in np.flatnonzero(count):
+                self.noise.observe_moments(uniform_sq[i] / count[i], drawn_sq[i] / count[i], predicted)
+        ends = np.cumsum(count)
+        for i, end in enumerate(ends):
+            # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
+            # sees the spread across sequences, not the drift of the scale as the model learns.
+            mean = float(ws[i] / w_sum[i]) if count[i] else 0.0  # uniform's mean, unbiased
+            if mean > 0:
+                self._scale = mean if self._scale is None else 0.7 * self._scale + 0.3 * mean
+                part = slice(end - count[i], end)
+                self._recent.append(np.stack([steps[part], s[part] / self._scale, w[part], costs[part]]))
 
     def _costs(self, index: Tensor) -> np.ndarray:
         """Per-sequence costs of cost-aware draws (lengths), else ones."""
@@ -202,8 +283,10 @@ class Miner:
             self._refresh_credit += cfg.refresh_share * self.sampler.batch_size
             if self._refresh_credit >= cfg.refresh_batch:
                 self._refresh_credit -= cfg.refresh_batch
+                self.flush()  # held harvests are older than the refresh: they must not overwrite it
                 self.refresh(cfg.refresh_batch, step)
         if self.uniform_from is not None and step + 1 >= self.uniform_from:
+            self.flush()
             self._set_active(False)  # annealed: uniform to the end, no more decisions
             self.switch.lr_multiplier = 1.0  # the uniform tail trains at the user's learning rate
         elif step + 1 >= cfg.warmup_steps and (step + 1) % cfg.check_every == 0:
@@ -212,6 +295,7 @@ class Miner:
     def decide(self, step: int) -> None:
         """Switch importance sampling on or off from the fresh harvest (and the store's coverage,
         one O(N) count every ``check_every`` steps)."""
+        self.flush()
         start = time.perf_counter()
         noise_scale = self.noise.noise_scale if self.noise is not None else None
         sample, store = self._harvest_sample(), self._store_state(step)
@@ -284,6 +368,7 @@ class Miner:
     # -- reporting and state -------------------------------------------------------------------
     def summary(self) -> dict:
         """Settings, costs and the factors' state; the ceiling comes from fresh factors only."""
+        self.flush()
         sample = self._harvest_sample()
         history = self.switch.history
         return {
@@ -327,6 +412,7 @@ class Miner:
             "switch": self.switch.state_dict(),
             "noise": self.noise.state_dict() if self.noise else None,
             "noise_history": as_records(self.noise_history),
+            "pending": [harvest.state_dict() for harvest in self._pending],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -343,3 +429,4 @@ class Miner:
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])
         self.noise_history = [NoiseRecord(**row) for row in state["noise_history"]]
+        self._pending = [PendingHarvest(**row) for row in state.get("pending", [])]

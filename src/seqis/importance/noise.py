@@ -83,11 +83,14 @@ class NoiseScale:
         s2 = np.asarray(factors, dtype=np.float64) ** 2
         w = np.asarray(weights, dtype=np.float64)
         good = np.isfinite(s2) & np.isfinite(w)
-        if not good.any():
-            return
-        s2, w = s2[good], w[good]
-        self.uniform_sq = self._ema(self.uniform_sq, float(np.mean(w * s2)))
-        self.drawn_sq = self._ema(self.drawn_sq, float(np.mean(w * w * s2)))
+        if good.any():
+            s2, w = s2[good], w[good]
+            self.observe_moments(float(np.mean(w * s2)), float(np.mean(w * w * s2)), predicted_cut)
+
+    def observe_moments(self, uniform_sq: float, drawn_sq: float, predicted_cut: float | None = None) -> None:
+        """One harvest's E_u[s^2] (as mean(w s^2)) and E_p[w^2 s^2]; see :meth:`observe_samples`."""
+        self.uniform_sq = self._ema(self.uniform_sq, float(uniform_sq))
+        self.drawn_sq = self._ema(self.drawn_sq, float(drawn_sq))
         self.predicted_cut = predicted_cut
 
     def regime_changed(self) -> None:

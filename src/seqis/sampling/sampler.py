@@ -21,6 +21,7 @@ serves every rank.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -147,12 +148,15 @@ class UniformBatchSampler(torch.utils.data.Sampler):
             idx, w = self.draw()
             yield list(zip(idx.tolist(), w.tolist(), strict=True))
 
-    def _usable(self, dataset_indices: Tensor, factors: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and values of the recorded factors, bad ones dropped (warned once)."""
+    def _usable(
+        self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0
+    ) -> tuple[np.ndarray, np.ndarray, int | np.ndarray]:
+        """Positions, values and scoring steps of the recorded factors, bad ones dropped (warned once)."""
         pos = self.positions_of(dataset_indices)
         values, bad = repair_factors(torch.as_tensor(factors).detach().cpu().double().numpy())
+        steps = step.cpu().numpy() if isinstance(step, Tensor) else step
         if not bad:
-            return pos, values
+            return pos, values, steps
         if not self.repaired:
             warnings.warn(
                 f"{bad} non-finite or negative importance factor(s) dropped; those "
@@ -162,7 +166,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
             )
         self.repaired += bad
         keep = ~np.isnan(values)
-        return pos[keep], values[keep]
+        return pos[keep], values[keep], steps if np.ndim(steps) == 0 else steps[keep]
 
     def state_dict(self) -> dict:
         progress = self._progress_base
@@ -197,6 +201,10 @@ class ImportanceSampler(UniformBatchSampler):
     neither starved nor favoured. Mixing with uniform (``smoothing = alpha``) bounds every
     weight by ``1 / alpha`` without biasing the gradient.
 
+    Draws walk the tree for ``lookahead`` batches at once (one walk costs about what a
+    single batch's does). Each batch carries the weights of the distribution it was drawn
+    from, so it stays unbiased; factors recorded meanwhile steer the next walk.
+
     Example:
         >>> sampler = ImportanceSampler(range(1000), batch_size=32, smoothing=0.2, seed=0)
         >>> sampler.record(torch.arange(1000), torch.rand(1000))
@@ -214,12 +222,17 @@ class ImportanceSampler(UniformBatchSampler):
         smoothing: float = 0.2,
         seed: int = 0,
         costs: Sequence[float] | Tensor | None = None,
+        lookahead: int = 8,
     ):
         super().__init__(indices, batch_size, seed)
         if not 0.0 < smoothing <= 1.0:
             # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1 batch, got {lookahead}")
         self.smoothing = smoothing
+        self.lookahead = lookahead
+        self._ahead: deque[tuple[np.ndarray, np.ndarray]] = deque()  # drawn, not yet handed out
         # Cost-aware draws: minimising variance x expected cost gives p proportional to s / sqrt(c)
         # (a sequence's cost: its length, when the model runs over packed sequences).
         self._cost_scale: np.ndarray | None = None
@@ -246,18 +259,21 @@ class ImportanceSampler(UniformBatchSampler):
     def active(self, value: bool) -> None:
         if value and self._tree_stale:
             self.rebuild()
+        if bool(value) != self._active:
+            self._ahead.clear()  # batches drawn for the other regime
         self._active = bool(value)
 
     # -- factors ---------------------------------------------------------------------------
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None:
         """Store new factors for these sequences; the tree is updated in O(b log N).
 
-        It stores exactly what it is given: with several replicas the caller (the miner)
-        gathers every rank's factors first, so the ranks' samplers stay identical.
+        ``step`` is when they were scored: one step, or one per sequence. It stores exactly
+        what it is given: with several replicas the caller (the miner) gathers every rank's
+        factors first, so the ranks' samplers stay identical.
         """
-        pos, values = self._usable(dataset_indices, factors)
+        pos, values, steps = self._usable(dataset_indices, factors, step)
         self.factors[pos] = values
-        self.scored_step[pos] = step
+        self.scored_step[pos] = steps
         if self._active:
             self._tree.update(pos, values if self._cost_scale is None else values * self._cost_scale[pos])
         else:  # nobody draws from the tree now: fold these in with one O(N) rebuild later
@@ -313,16 +329,23 @@ class ImportanceSampler(UniformBatchSampler):
         """The next batch's dataset indices and their weights (all 1 while inactive)."""
         if not self.active:
             return super().draw()
-        b, n = self.batch_size, self.num_sequences
+        if not self._ahead:
+            self._draw_ahead()
+        pos, weights = self._ahead.popleft()
+        self.importance_drawn += len(pos)
+        return self.indices[torch.from_numpy(pos)], torch.from_numpy(weights)
+
+    def _draw_ahead(self) -> None:
+        """Walk the tree once for the next ``lookahead`` batches."""
+        b, n, k = self.batch_size, self.num_sequences, self.lookahead
         share, total = self._mixture()
-        coin = torch.rand(b, generator=self._generator, dtype=torch.float64).numpy()
-        u = torch.rand(b, generator=self._generator, dtype=torch.float64).numpy()
+        coin = torch.rand(k * b, generator=self._generator, dtype=torch.float64).numpy()
+        u = torch.rand(k * b, generator=self._generator, dtype=torch.float64).numpy()
         uniform_pos = np.minimum((u * n).astype(np.int64), n - 1)
         tree_pos = self._tree.find(u * total) if share > 0 else uniform_pos
         pos = np.where(coin < share, tree_pos, uniform_pos)
-        self.importance_drawn += b
-        weights = self.weights_of(pos)
-        return self.indices[torch.from_numpy(pos)], torch.from_numpy(weights).float()
+        weights = self.weights_of(pos).astype(np.float32)
+        self._ahead.extend(zip(np.split(pos, k), np.split(weights, k), strict=True))
 
     @property
     def epochs_done(self) -> float:
@@ -331,6 +354,7 @@ class ImportanceSampler(UniformBatchSampler):
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
+        b = self.batch_size
         state.update(
             importance_drawn=self.importance_drawn,
             active=self.active,
@@ -341,6 +365,9 @@ class ImportanceSampler(UniformBatchSampler):
             tree_stale=self._tree_stale,
             repaired=self.repaired,
             generator=self._generator.get_state(),
+            # batches drawn ahead, not yet handed out: (count, b) positions and weights
+            ahead_positions=np.array([pos for pos, _ in self._ahead], dtype=np.int64).reshape(-1, b),
+            ahead_weights=np.array([w for _, w in self._ahead], dtype=np.float32).reshape(-1, b),
         )
         return state
 
@@ -359,6 +386,8 @@ class ImportanceSampler(UniformBatchSampler):
         self.repaired = state["repaired"]
         self._generator.set_state(state["generator"])
         self.importance_drawn = state.get("importance_drawn", 0)
+        ahead = zip(state.get("ahead_positions", []), state.get("ahead_weights", []), strict=True)
+        self._ahead = deque((np.array(pos), np.array(w)) for pos, w in ahead)
 
 
 class PresamplingSampler(ImportanceSampler):
@@ -484,9 +513,9 @@ class PruningSampler(UniformBatchSampler):
         """Pruning keeps no scoring steps: an epoch's pruning uses the latest factor of each."""
         return None
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None:
         """Store the latest factors (exactly those given); they shape the pruning of the next epoch."""
-        pos, values = self._usable(dataset_indices, factors)
+        pos, values, _ = self._usable(dataset_indices, factors)
         self.factors[pos] = values
 
     def rebuild(self) -> None:
@@ -589,5 +618,5 @@ class RandomSubsetSampler(PruningSampler):
         self._pruned = True  # a short epoch: the draw entering the full-data tail ends it
         return order[:size]
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int = 0) -> None:
+    def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None:
         """A random subset keeps no factors."""

@@ -204,7 +204,7 @@ class ImportanceLoader:
         weighted = self.weight.to(per_sequence_loss) * per_sequence_loss
         return weighted.mean() if reduction == "mean" else weighted.sum()
 
-    def step(self, batch_grad_sq: float | None = None, read_grad: bool = True) -> None:
+    def step(self, batch_grad_sq: float | Tensor | None = None, read_grad: bool = True) -> None:
         """After the backward pass: record this batch's factors, then refresh and switch.
 
         The noise scale reads the output layer's gradient as the backward pass left it, before
@@ -314,11 +314,12 @@ class _PreClipGradSq:
     def reset(self) -> None:
         self._parts.clear()
 
-    def value(self) -> float | None:
-        """None until every parameter of the layer has received its gradient."""
+    def value(self) -> Tensor | None:
+        """A 0-d tensor on the layer's device (read without waiting for it); None until every
+        parameter of the layer has received its gradient."""
         if len(self._parts) < self._count:
             return None
-        return float(sum(self._parts.values()))
+        return torch.stack(list(self._parts.values())).sum()
 
     def remove(self) -> None:
         for handle in self._handles:

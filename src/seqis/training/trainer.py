@@ -405,12 +405,13 @@ class Run:
             miner.after_step(self.state.step)
         self.state.end_step(float(loss.detach()), clipped, time.perf_counter() - tick)
 
-    def _head_grad_sq(self) -> float | None:
-        """|G_b|^2 of the output layer, when the noise scale is estimated from output-layer factors."""
+    def _head_grad_sq(self) -> torch.Tensor | None:
+        """|G_b|^2 of the output layer, when the noise scale is estimated from output-layer factors
+        (a 0-d tensor on the device: the miner reads it later, so the step need not wait for it)."""
         miner = self.miner
         if miner is None or miner.noise is None or miner.config.factor != "fim":
             return None
-        return float(sum(p.grad.pow(2).sum() for p in self.model.head.parameters()))
+        return torch.stack([p.grad.detach().pow(2).sum() for p in self.model.head.parameters()]).sum()
 
     def _nonfinite_step(self) -> None:
         if not self.config.skip_nonfinite:
