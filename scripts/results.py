@@ -115,6 +115,13 @@ EXPERIMENTS: dict[str, str] = {
     # at a kept learning rate, so it trained uniformly; the race leaves it out.
     "names-budget": f"--data names {GRU} --samplers uniform,fim {COSINE} --steps 3000 --seeds 3 "
     "--lrs uniform=0.004,fim=0.004 --budgets 1,0.8,0.67,0.5 --eval-every 1000",
+    # Do no harm: a small set that overfits at a constant learning rate (8,000 of Fashion-MNIST's
+    # 60,000 training sequences, 24 epochs, 2 seeds), fim with the switch alone (--val-patience 0)
+    # and with the validation watch (the default); uniform's runs are the same in both races.
+    "fashion-mnist-8k": f"--data fashion-mnist --train-size 8000 {GRU} --samplers uniform,fim "
+    "--val-patience 0 --seeds 2 --lrs 0.002 --steps 3000 --eval-every 150",
+    "fashion-mnist-8k-watch": f"--data fashion-mnist --train-size 8000 {GRU} --samplers uniform,fim "
+    "--seeds 2 --lrs 0.002 --steps 3000 --eval-every 150",
 }
 
 

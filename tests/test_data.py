@@ -3,7 +3,7 @@ import torch
 
 from seqis.data.base import CLASSIFY, LM
 from seqis.data.registry import DataOptions, load_data
-from seqis.errors import DataError
+from seqis.errors import ConfigError, DataError
 from tests.conftest import TS_HEADER
 
 SMALL = DataOptions(seq_len=50, max_chars=20_000)
@@ -136,3 +136,15 @@ def _write(path, data: bytes):
 def test_builtin_line_and_word_variants(spec):
     data = load_data(spec, DataOptions(seq_len=40, max_chars=30_000))
     assert data.task == LM and data.lengths.min() < data.lengths.max() <= 40
+
+
+def test_train_size_keeps_a_seeded_subset_and_the_same_validation():
+    full = load_data("digits")
+    small = load_data("digits", DataOptions(train_size=100))
+    again = load_data("digits", DataOptions(train_size=100))
+    assert len(small.train_idx) == 100 and torch.equal(small.train_idx, again.train_idx)
+    assert torch.equal(small.val_idx, full.val_idx)
+    assert set(small.train_idx.tolist()) <= set(full.train_idx.tolist())
+    assert len(load_data("digits", DataOptions(train_size=10**6)).train_idx) == len(full.train_idx)
+    with pytest.raises(ConfigError, match="train-size"):
+        DataOptions(train_size=0)

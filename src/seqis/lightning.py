@@ -47,6 +47,9 @@ class ImportanceSampling(pl.Callback):
         seed: seeds the draws.
         total_steps: the planned batches for ``anneal`` and ``prune_anneal`` (default: the
             trainer's ``max_steps`` times ``accumulate_grad_batches`` when it sets one).
+        monitor: the logged validation loss the switch's validation watch reads after each
+            validation (absent: the watch stays idle); ``train_monitor``, a logged training
+            loss of the same model, for the train-validation gap.
 
     Example:
         >>> trainer = pl.Trainer(max_steps=1000, callbacks=[ImportanceSampling("head")])
@@ -60,9 +63,12 @@ class ImportanceSampling(pl.Callback):
         loss_fn: PerSequenceLoss | None = None,
         seed: int = 0,
         total_steps: int | None = None,
+        monitor: str = "val_loss",
+        train_monitor: str | None = None,
     ):
         self.output_layer, self.config, self.loss_fn, self.seed = output_layer, config, loss_fn, seed
         self.total_steps = total_steps
+        self.monitor, self.train_monitor = monitor, train_monitor
         self.loader: ImportanceLoader | None = None
         self._source: Any = None
 
@@ -120,6 +126,13 @@ class ImportanceSampling(pl.Callback):
     ) -> None:
         # Under gradient accumulation .grad sums several batches: no noise-scale reading then.
         self.loader.step(read_grad=trainer.accumulate_grad_batches == 1)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if self.loader is None or trainer.sanity_checking or self.monitor not in metrics:
+            return
+        train = metrics.get(self.train_monitor) if self.train_monitor else None
+        self.loader.observe_validation(float(metrics[self.monitor]), None if train is None else float(train))
 
 
 def _planned_steps(trainer: pl.Trainer) -> int | None:

@@ -129,6 +129,12 @@ class SequenceData(torch.utils.data.Dataset):
         self.val_idx = perm[:n_val].sort().values
         self.train_idx = perm[n_val:].sort().values
 
+    def keep_train(self, size: int, seed: int = 0) -> None:
+        """Train on a seeded subset of at most ``size`` training sequences (validation unchanged)."""
+        if size < len(self.train_idx):
+            keep = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(seed + 1))
+            self.train_idx = self.train_idx[keep[:size]].sort().values
+
     def stats(self) -> dict:
         lengths = self.lengths.float()
         out = {

@@ -41,6 +41,7 @@ class DataOptions:
     min_count: int = option(2, "word LMs: words seen fewer times become <unk>", cli=False)
     val_fraction: float = option(0.1, "share of sequences held out when a set has no test split", cli=False)
     val_size: int = option(10_000, "validation sequences at most (a seeded subset of an official test split)")
+    train_size: int | None = option(None, "training sequences at most (a seeded subset; default: all)")
     split_seed: int = option(0, "seed of the train/validation split", cli=False)
     encoding_errors: str = option(
         "strict", "undecodable bytes: fail (strict) or replace them", choices=ENCODING_ERRORS
@@ -50,6 +51,7 @@ class DataOptions:
         at_least_one(self.seq_len, "seq-len")
         at_least_one(self.max_chars, "max-chars")
         at_least_one(self.val_size, "val-size")
+        at_least_one(self.train_size, "train-size")
         within(self.val_fraction, 0, 1, "val-fraction", closed_low=False, closed_high=False)
         one_of(self.encoding_errors, ENCODING_ERRORS, "encoding-errors")
 
@@ -118,6 +120,8 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
     if opts.val_size < 1:
         raise DataError(f"--val-size must be >= 1, got {opts.val_size}")
     data.split(opts.val_fraction, opts.split_seed, opts.val_size)
+    if opts.train_size is not None:
+        data.keep_train(opts.train_size, opts.split_seed)
     if kind in ("ucr", "ts", "digits"):  # images come normalised; text is token ids
         timeseries.standardise(data)
     return data

@@ -76,6 +76,11 @@ class MiningConfig:
         0.75, "subset: share of each epoch trained (set it to the share prune keeps, to compare)"
     )
     anneal: float = option(0.0, "importance: final share of the planned steps drawn uniformly")
+    val_patience: int = option(
+        3,
+        "importance: validations with IS on that set no new best validation loss (the train-val "
+        "gap widening) before the run returns to uniform for good; 0: never",
+    )
 
     def __post_init__(self) -> None:
         one_of(self.sampler, SAMPLER_NAMES, "sampler")
@@ -108,6 +113,7 @@ class MiningConfig:
         within(self.prune_anneal, 0, 1, "prune-anneal")
         within(self.subset_fraction, 0, 1, "subset-fraction", closed_low=False)
         within(self.anneal, 0, 1, "anneal")
+        check(self.val_patience >= 0, f"--val-patience must be >= 0, got {self.val_patience}")
         self._check_scheme_options()
 
     def _check_scheme_options(self) -> None:

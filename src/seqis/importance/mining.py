@@ -308,6 +308,20 @@ class Miner:
         self.switch.update_lr_multiplier(cut, self.sampler.active)
         self.mining_time_s += time.perf_counter() - start
 
+    def observe_validation(self, step: int, val_loss: float, train_loss: float | None = None) -> None:
+        """A validation after ``step`` steps (``train_loss``: the training loss of the same model,
+        for the gap). When importance sampling's faster fitting stops paying on validation, the
+        run returns to uniform for good (:class:`seqis.importance.switch.ValidationWatch`)."""
+        if self.ctx.enabled:  # every rank must judge the same figures, or the samplers would part
+            train = math.nan if train_loss is None else train_loss
+            losses = torch.tensor([val_loss, train], dtype=torch.float64)
+            val_loss, train = (self.ctx.sum(losses) / self.ctx.world).tolist()
+            train_loss = None if math.isnan(train) else train
+        if self.switch.watch.observe(step, val_loss, train_loss, self.sampler.active):
+            self.flush()
+            self._set_active(False)
+            self.switch.lr_multiplier = 1.0
+
     def _set_active(self, active: bool) -> None:
         if active == self.sampler.active:
             return
@@ -388,6 +402,7 @@ class Miner:
             "noise_scale_basis": self._noise_basis(),
             **self.noise_figures(),
             "repaired_factors": self.sampler.repaired,
+            "validation_watch": self.switch.watch.state_dict(),
             "gain_history": as_records(history),
             "noise_history": as_records(self.noise_history),
         }

@@ -29,6 +29,12 @@ no longer beats half the mining cost (on needs all of it: hysteresis). With cost
 both gains are of variance x expected cost per step, so the on- and the off-decision judge the
 same distribution and the switch does not flap.
 
+Beside the gains, :class:`ValidationWatch` watches what the user cares about: less gradient
+noise at the same learning rate fits the training objective sooner, and can overfit sooner.
+When, with importance sampling on, the validation loss has not set a new best for
+``val_patience`` validations while the gap to the training loss widened, the run returns to
+uniform for good.
+
 ``seqis diagnose`` judges a trained model with the same :meth:`Switch.pays`, so the two cannot
 disagree. Every decision depends on step counts and factors, never on measured time, so a run
 is reproducible and resumes bit-exactly.
@@ -174,6 +180,55 @@ def mining_cost(config: MiningConfig, refreshes: bool) -> float:
     return cost
 
 
+class ValidationWatch:
+    """Says when importance sampling's faster fitting has stopped paying on validation.
+
+    It keeps the best validation loss and the validation-training gap at that best. Each
+    validation with importance sampling on that sets no new best counts; ``patience`` of them in
+    a row, the last with a wider gap than at the best, trip the watch, and it stays tripped
+    (validations with it off reset the count: a stall under uniform is not importance
+    sampling's doing). Without a training loss the stall alone decides. ``patience`` 0: never.
+
+    Example:
+        >>> watch = ValidationWatch(patience=2)
+        >>> [watch.observe(s, val, train, active=True) for s, val, train in
+        ...  [(100, 0.50, 0.45), (200, 0.52, 0.40), (300, 0.53, 0.35)]]
+        [False, False, True]
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.gap_at_best: float | None = None
+        self.stalled = 0
+        self.tripped_at: int | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.tripped_at is not None
+
+    def observe(self, step: int, val_loss: float, train_loss: float | None, active: bool) -> bool:
+        """One validation after ``step`` steps; True when it trips the watch (once)."""
+        if self.patience == 0 or self.tripped or not math.isfinite(val_loss):
+            return False
+        gap = val_loss - train_loss if train_loss is not None and math.isfinite(train_loss) else None
+        if val_loss < self.best:
+            self.best, self.gap_at_best, self.stalled = val_loss, gap, 0
+            return False
+        self.stalled = self.stalled + 1 if active else 0
+        widened = gap is None or self.gap_at_best is None or gap > self.gap_at_best
+        if self.stalled >= self.patience and widened:
+            self.tripped_at = step
+        return self.tripped
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("best", "gap_at_best", "stalled", "tripped_at")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 class Switch:
     """Decides when importance sampling pays, and the learning-rate multiplier that goes with it.
 
@@ -190,6 +245,7 @@ class Switch:
         self.lr_multiplier = 1.0
         self.quality = 1.0  # of stored factors, learnt from delivered cuts; no evidence yet: 1
         self._coverage_before: float | None = None  # at the previous on-state decision
+        self.watch = ValidationWatch(config.val_patience if config.has_switch else 0)
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
@@ -244,6 +300,8 @@ class Switch:
         """
         if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
             return True
+        if self.watch.tripped:  # validation said faster fitting stopped paying: uniform to the end
+            return False
         # Cost-aware: the gain of the distribution the sampler draws (p ~ s/sqrt(c)); while on the
         # harvest is importance-drawn, and its weights turn its means into uniform's.
         fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
@@ -276,6 +334,7 @@ class Switch:
             "lr_multiplier": self.lr_multiplier,
             "quality": self.quality,
             "coverage_before": self._coverage_before,
+            "watch": self.watch.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -284,6 +343,8 @@ class Switch:
         self.lr_multiplier = state["lr_multiplier"]
         self.quality = state.get("quality", 1.0)
         self._coverage_before = state.get("coverage_before")
+        if "watch" in state:
+            self.watch.load_state_dict(state["watch"])
 
 
 @dataclass

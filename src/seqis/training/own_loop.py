@@ -231,6 +231,14 @@ class ImportanceLoader:
             self.miner.after_step(self.steps)
         self.steps += 1
 
+    def observe_validation(self, val_loss: float, train_loss: float | None = None) -> None:
+        """After each validation: your validation loss and (for the gap) the training loss of the
+        same model. When importance sampling's faster fitting stops paying on validation, the
+        loader draws uniformly for the rest of the run (``MiningConfig.val_patience``)."""
+        if self.miner is not None:
+            train = None if train_loss is None else float(train_loss)
+            self.miner.observe_validation(self.steps, float(val_loss), train)
+
     @property
     def active(self) -> bool:
         """Whether importance sampling is on now (the switch may keep it uniform)."""

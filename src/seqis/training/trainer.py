@@ -444,6 +444,8 @@ class Run:
                 **(miner.noise_figures() if miner else {}),
             }
         )
+        if miner is not None:
+            miner.observe_validation(self.state.step, val, train_eval)
         return val
 
     # -- the end -----------------------------------------------------------------------------
