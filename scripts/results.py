@@ -86,6 +86,10 @@ EXPERIMENTS: dict[str, str] = {
     "fashion-mnist-budget": f"--data fashion-mnist {GRU} --samplers uniform,fim,prune,prune:loss,subset "
     f"{COSINE} --epochs 2 --seeds 3 --subset-fraction 0.69 --budgets 1,0.8,0.67,0.5 --eval-every 500 "
     "--lrs uniform=0.004,fim=0.004,prune=0.004,prune:loss=0.004,subset=0.004",
+    # The learning rate scaled by the delivered cut (sqrt, Adam's rule) inside the schedule that
+    # the budget race decays: does keeping the noise temperature turn the cut into a saving?
+    "fashion-mnist-budget-lr-scale": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale sqrt "
+    f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 --lrs uniform=0.004,fim=0.004",
     # Character-LM windows (ceiling ~1.05): the switch should stay off and cost nothing. 1M
     # characters: 10,000 windows of 100, 9,000 after the validation split, 281 steps an epoch
     # at batch 32. Grids of 0.002-0.008 and 0.004-0.032 had their best at the top edge: raised.

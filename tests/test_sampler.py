@@ -483,3 +483,22 @@ def test_pruning_planned_in_epochs_trains_its_full_data_tail():
     copy = PruningSampler(range(n), batch_size=b, ratio=0.5, seed=0, total_epochs=2, anneal=0.25)
     copy.load_state_dict(sampler.state_dict())
     assert copy.epochs_done == sampler.epochs_done
+
+
+def test_presampling_weights_are_unbiased_and_cut_the_variance():
+    """The weighted batch mean of any per-sequence quantity estimates the dataset's mean."""
+    n, b = 300, 8
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.lognormal(0.0, 1.0, n))  # what the batch averages (a loss, a gradient entry)
+    sampler = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=3, ratio=4)
+    sampler.score_fn = lambda index: x[index] * torch.from_numpy(rng.uniform(0.8, 1.2, len(index)))
+    sampler.active = True
+    estimates = []
+    for _ in range(6000):
+        index, weights = sampler.draw()
+        estimates.append(float((weights.double() * x[index]).mean()))
+    estimates = np.array(estimates)
+    se = estimates.std() / np.sqrt(len(estimates))
+    assert abs(estimates.mean() - float(x.mean())) < 4 * se
+    uniform = x[torch.from_numpy(rng.integers(0, n, (6000, b)))].mean(1).numpy()
+    assert estimates.var() < uniform.var()
