@@ -8,7 +8,7 @@ from seqis.data.registry import load_data
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.switch import delivered_gain, estimated_gain, weighted_ceiling
-from seqis.sampling.sampler import ImportanceSampler
+from seqis.sampling.sampler import ImportanceSampler, PruningSampler
 
 
 @pytest.fixture
@@ -166,3 +166,19 @@ def test_a_refresh_is_not_overwritten_by_older_held_harvests():
     miner.harvest(torch.arange(8), torch.full((8,), 3.0), 1)
     miner.after_step(1)  # refresh of sequences 0..15 at step 1, after the held harvests
     assert sampler.factors[:16].tolist() == [5.0] * 16
+
+
+def test_pruning_decides_each_epoch_from_every_factor_of_the_last():
+    """Held harvests would leave the last batches of an epoch unscored when the next one is pruned."""
+    n, b = 80, 8
+    sampler = PruningSampler(range(n), b, ratio=0.5, seed=0)
+    miner = Miner(sampler, MiningConfig(sampler="prune"))  # no decision within the epoch
+    assert miner.record_every == 1
+    sampler.active = True  # past the warm-up: every batch is harvested
+    for step in range(n // b):  # epoch 0, whole
+        index, weights = sampler.draw()
+        miner.harvest(index, index.double() + 1.0, step, weights)
+        miner.after_step(step)
+    assert not np.isnan(sampler.factors).any()  # all in before epoch 1's pruning is decided
+    sampler.draw()
+    assert len(sampler._order) < n

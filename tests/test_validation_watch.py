@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +29,7 @@ def test_the_watch_trips_on_a_stall_with_a_widening_gap_and_stays_tripped():
     assert not watch.observe(9, 0.1, 0.0, True)  # it trips once, and stays tripped
     assert watch.tripped and watch.tripped_at == 1
     assert watch.best == 0.6 and watch.gap_at_best == pytest.approx(0.1)
+    assert ValidationWatch(patience=2).state_dict()["best"] is None  # JSON-safe before any validation
 
 
 def test_a_stall_without_a_wider_gap_is_a_plateau_not_overfitting():
@@ -105,4 +107,4 @@ def test_the_lightning_callback_hands_the_logged_validation_loss_to_the_loader()
     assert seen == []  # Lightning's sanity check is not a validation of training
     callback.on_validation_end(SimpleNamespace(callback_metrics=metrics, sanity_checking=False), None)
     callback.on_validation_end(SimpleNamespace(callback_metrics={}, sanity_checking=False), None)
-    assert seen == [(0.5, 0.25)]
+    assert seen[0] == (0.5, 0.25) and math.isnan(seen[1][0]) and seen[1][1] is None  # every rank calls in

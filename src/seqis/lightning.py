@@ -20,6 +20,7 @@ loader is not a ``DataLoader``, so Lightning does not replace its sampler.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor, nn
@@ -128,11 +129,14 @@ class ImportanceSampling(pl.Callback):
         self.loader.step(read_grad=trainer.accumulate_grad_batches == 1)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        if self.loader is None or trainer.sanity_checking or self.monitor not in metrics:
+        if self.loader is None or trainer.sanity_checking:
             return
+        # Every rank calls in, a missing metric as NaN (the watch skips it): under DDP the
+        # miner averages the figures over ranks, and a rank that stayed out would hang the rest.
+        metrics = trainer.callback_metrics
+        val = float(metrics.get(self.monitor, math.nan))
         train = metrics.get(self.train_monitor) if self.train_monitor else None
-        self.loader.observe_validation(float(metrics[self.monitor]), None if train is None else float(train))
+        self.loader.observe_validation(val, None if train is None else float(train))
 
 
 def _planned_steps(trainer: pl.Trainer) -> int | None:

@@ -57,6 +57,7 @@ class FactorStore(Protocol):
     active: bool
     importance_weights: bool  # weights are 1/(N p): a noise-scale estimate can use them
     draws_from_store: bool  # importance draws come from the recorded factors (not fresh scores)
+    records_may_lag: bool  # factors may arrive a few steps late (held harvests)
     repaired: int
 
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None: ...
@@ -80,14 +81,15 @@ class PendingHarvest:
     copied: torch.cuda.Event | None = None
 
     def to_host(self) -> PendingHarvest:
-        """The same harvest on the CPU; copies from a GPU are queued on its stream, not awaited."""
+        """The same harvest on the CPU, in tensors of its own (a caller may reuse its buffers);
+        copies from a GPU are queued on that GPU's stream, not awaited."""
         parts = (self.grad_sq, self.index, self.factors, self.weights)
-        on_gpu = any(isinstance(t, Tensor) and t.device.type == "cuda" for t in parts)
-        host = [t.to("cpu", non_blocking=on_gpu) if isinstance(t, Tensor) else t for t in parts]
+        gpu = next((t.device for t in parts if isinstance(t, Tensor) and t.device.type == "cuda"), None)
+        host = [_host_copy(t, gpu is not None) if isinstance(t, Tensor) else t for t in parts]
         held = PendingHarvest(self.step, self.same_regime, *host)
-        if on_gpu:
+        if gpu is not None:
             held.copied = torch.cuda.Event()
-            held.copied.record()
+            held.copied.record(torch.cuda.current_stream(gpu))
         return held
 
     def wait(self) -> None:
@@ -99,6 +101,12 @@ class PendingHarvest:
     def state_dict(self) -> dict:
         self.wait()
         return {k: v for k, v in asdict(self).items() if k != "copied"}
+
+
+def _host_copy(tensor: Tensor, queued: bool) -> Tensor:
+    if tensor.device.type == "cpu":
+        return tensor.detach().clone()
+    return tensor.detach().to("cpu", non_blocking=queued)
 
 
 class Miner:
@@ -152,7 +160,8 @@ class Miner:
         # (step, factor / scale, weight, cost) rows of recent harvests: the switch's sample.
         self._recent: deque[np.ndarray] = deque(maxlen=max(1, config.check_every))
         self._scale: float | None = None
-        self.record_every = max(1, record_every)
+        # Pruning decides each epoch from the factors recorded in the last one: none may be held.
+        self.record_every = max(1, record_every) if getattr(sampler, "records_may_lag", False) else 1
         self._pending: list[PendingHarvest] = []
         self.mining_time_s = 0.0  # refresh and switch: work outside the training step
         self.harvest_time_s = 0.0  # factor arithmetic inside the step, on its forward pass
@@ -193,13 +202,15 @@ class Miner:
         """
         active = self.sampler.active
         drawn_active = active if drawn_active is None else drawn_active
+        if self.switch.watch.tripped and not drawn_active:
+            return  # uniform to the end: nothing will be drawn from factors again
         same_regime = drawn_active == active
         grad_sq = batch_grad_sq if self.noise is not None and same_regime else None
         weights = torch.ones(len(index)) if weights is None else weights
         if not drawn_active and step % self.config.switch_every:
             # Nothing is drawn from the factors while IS is off; the switch needs only a
             # uniform sample of them, and the rest of the harvest would be pure overhead.
-            self._hold(PendingHarvest(step, same_regime, grad_sq))
+            self._hold(PendingHarvest(step, same_regime, grad_sq).to_host())
             return
         if not drawn_active:
             index, weights = index[: self.config.switch_sample], weights[: self.config.switch_sample]
@@ -209,11 +220,12 @@ class Miner:
             index = self.ctx.gather(index.to(factors.device))
             weights = self.ctx.gather(weights.to(factors.device, factors.dtype))
             factors = self.ctx.gather(factors)
-        self._hold(PendingHarvest(step, same_regime, grad_sq, index, factors.detach(), weights))
-        self.harvest_time_s += time.perf_counter() - start
+        held = PendingHarvest(step, same_regime, grad_sq, index, factors.detach(), weights).to_host()
+        self.harvest_time_s += time.perf_counter() - start  # flush() times itself
+        self._hold(held)
 
     def _hold(self, harvest: PendingHarvest) -> None:
-        self._pending.append(harvest.to_host())
+        self._pending.append(harvest)
         if len(self._pending) >= self.record_every:
             self.flush()
 

@@ -198,7 +198,7 @@ class ValidationWatch:
 
     def __init__(self, patience: int):
         self.patience = patience
-        self.best = math.inf
+        self.best: float | None = None
         self.gap_at_best: float | None = None
         self.stalled = 0
         self.tripped_at: int | None = None
@@ -212,7 +212,7 @@ class ValidationWatch:
         if self.patience == 0 or self.tripped or not math.isfinite(val_loss):
             return False
         gap = val_loss - train_loss if train_loss is not None and math.isfinite(train_loss) else None
-        if val_loss < self.best:
+        if self.best is None or val_loss < self.best:
             self.best, self.gap_at_best, self.stalled = val_loss, gap, 0
             return False
         self.stalled = self.stalled + 1 if active else 0

@@ -44,6 +44,9 @@ class UniformBatchSampler(torch.utils.data.Sampler):
     active = False  # never an importance draw (importance samplers switch this)
     importance_weights = False  # its weights are not 1 / (N p_i)
     draws_from_store = False  # importance draws (if any) do not come from recorded factors
+    # Whether factors may reach it a few steps late: importance draws stay unbiased whatever
+    # factors they follow, but pruning decides each epoch from the factors of the last one.
+    records_may_lag = False
 
     def __init__(
         self,
@@ -214,6 +217,7 @@ class ImportanceSampler(UniformBatchSampler):
 
     importance_weights = True  # its weights are 1 / (N p_i): a noise-scale estimate can use them
     draws_from_store = True  # from the recorded factors, stale ones and never-scored ones included
+    records_may_lag = True
 
     def __init__(
         self,

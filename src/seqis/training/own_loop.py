@@ -317,7 +317,7 @@ class _PreClipGradSq:
         self._count = len(self._handles)
 
     def _record(self, param: Tensor) -> None:
-        self._parts[id(param)] = param.grad.detach().pow(2).sum()
+        self._parts[id(param)] = param.grad.detach().float().pow(2).sum()  # half precision is too coarse
 
     def reset(self) -> None:
         self._parts.clear()

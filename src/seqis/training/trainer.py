@@ -411,7 +411,7 @@ class Run:
         miner = self.miner
         if miner is None or miner.noise is None or miner.config.factor != "fim":
             return None
-        return torch.stack([p.grad.detach().pow(2).sum() for p in self.model.head.parameters()]).sum()
+        return torch.stack([p.grad.detach().float().pow(2).sum() for p in self.model.head.parameters()]).sum()
 
     def _nonfinite_step(self) -> None:
         if not self.config.skip_nonfinite:
