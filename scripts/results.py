@@ -90,6 +90,9 @@ EXPERIMENTS: dict[str, str] = {
     # the budget race decays: does keeping the noise temperature turn the cut into a saving?
     "fashion-mnist-budget-lr-scale": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale sqrt "
     f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 --lrs uniform=0.004,fim=0.004",
+    # The same with the linear rule (SGD's): the multiplier min(g, 2) instead of min(sqrt(g), 2).
+    "fashion-mnist-budget-lr-linear": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale linear "
+    f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 --lrs uniform=0.004,fim=0.004",
     # Character-LM windows (ceiling ~1.05): the switch should stay off and cost nothing. 1M
     # characters: 10,000 windows of 100, 9,000 after the validation split, 281 steps an epoch
     # at batch 32. Grids of 0.002-0.008 and 0.004-0.032 had their best at the top edge: raised.
