@@ -161,7 +161,7 @@ class Miner:
         self._recent: deque[np.ndarray] = deque(maxlen=max(1, config.check_every))
         self._scale: float | None = None
         # Pruning decides each epoch from the factors recorded in the last one: none may be held.
-        self.record_every = max(1, record_every) if getattr(sampler, "records_may_lag", False) else 1
+        self.record_every = max(1, record_every) if sampler.records_may_lag else 1
         self._pending: list[PendingHarvest] = []
         self.mining_time_s = 0.0  # refresh and switch: work outside the training step
         self.harvest_time_s = 0.0  # factor arithmetic inside the step, on its forward pass
@@ -298,9 +298,7 @@ class Miner:
                 self.flush()  # held harvests are older than the refresh: they must not overwrite it
                 self.refresh(cfg.refresh_batch, step)
         if self.uniform_from is not None and step + 1 >= self.uniform_from:
-            self.flush()
-            self._set_active(False)  # annealed: uniform to the end, no more decisions
-            self.switch.lr_multiplier = 1.0  # the uniform tail trains at the user's learning rate
+            self._uniform_to_the_end()  # annealed: no more decisions
         elif step + 1 >= cfg.warmup_steps and (step + 1) % cfg.check_every == 0:
             self.decide(step)
 
@@ -330,9 +328,13 @@ class Miner:
             val_loss, train = (self.ctx.sum(losses) / self.ctx.world).tolist()
             train_loss = None if math.isnan(train) else train
         if self.switch.watch.observe(step, val_loss, train_loss, self.sampler.active):
-            self.flush()
-            self._set_active(False)
-            self.switch.lr_multiplier = 1.0
+            self._uniform_to_the_end()
+
+    def _uniform_to_the_end(self) -> None:
+        """Importance sampling off for good (--anneal's tail, a tripped validation watch)."""
+        self.flush()
+        self._set_active(False)
+        self.switch.lr_multiplier = 1.0  # the uniform rest trains at the user's learning rate
 
     def _set_active(self, active: bool) -> None:
         if active == self.sampler.active:
