@@ -8,7 +8,7 @@ from seqis.errors import ConfigError
 from seqis.experiments.diagnose import judge, switch_for
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
-from seqis.importance.noise import NoiseScale
+from seqis.importance.noise import NoiseScale, covariance_cut
 from seqis.importance.switch import (
     HarvestSample,
     Switch,
@@ -16,10 +16,11 @@ from seqis.importance.switch import (
     delivered_gain,
     estimated_gain,
     mining_cost,
+    pool_gain,
     store_gain,
 )
 from seqis.models.rnn import ModelConfig
-from seqis.sampling.sampler import ImportanceSampler
+from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler
 from seqis.training.config import TrainConfig
 from seqis.training.wiring import sampling_for
 
@@ -314,3 +315,78 @@ def test_the_fresh_gain_of_an_importance_drawn_harvest_is_uniforms_cost_aware_to
         truth = estimated_gain(s, 0.2, costs)
         weighted = estimated_gain(s[drawn], 0.2, None if costs is None else costs[drawn], w)
         assert weighted == pytest.approx(truth, rel=0.1)
+
+
+# -- presampling's pool ---------------------------------------------------------------------
+def test_presampling_cut_counts_the_pool_own_noise():
+    """b draws from fresh scores of r b uniform candidates: in covariance 1/g = 1/r + 1/g_is,
+    measured on simulated one-dimensional gradients (their norms are the factors)."""
+    rng = np.random.default_rng(5)
+    n, b = 4000, 16
+    x = 1.0 + rng.standard_normal(n) * rng.lognormal(0.0, 1.0, n)  # mean ~1, heavy-tailed noise
+    noise_scale = float(x.var() / x.mean() ** 2)
+    gain = estimated_gain(np.abs(x), 0.2)
+    grads = torch.from_numpy(x)
+    for ratio in (2, 6):
+        sampler = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=ratio, ratio=ratio)
+        sampler.score_fn = lambda index: grads[index].abs()
+        sampler.active = True
+        means = [float((w.double() * grads[i]).mean()) for i, w in (sampler.draw() for _ in range(6000))]
+        measured = (x.var() / b) / np.var(means)  # uniform batch's variance over presampling's
+        predicted = covariance_cut(noise_scale, pool_gain(gain, ratio, noise_scale))
+        assert measured == pytest.approx(predicted, rel=0.15)
+        assert measured < 0.8 * covariance_cut(noise_scale, gain)  # the pool's noise is not negligible
+
+
+def test_presampling_never_pays_for_its_pool_at_a_kept_learning_rate():
+    """2 - 1/G < 2 fewer steps cannot repay r >= 2 forward passes of 1/3 of a step per sequence."""
+    config = MiningConfig(sampler="presample")
+    switch = Switch(config, 64, mining_cost(config, refreshes=False))
+    for fresh in (1.5, 3.0, 10.0, 100.0):
+        for noise_scale in (10.0, 300.0, 1e5):
+            ratio, cut = switch.size_pool(fresh, noise_scale)
+            assert 1.0 <= cut < min(ratio, fresh) or cut < 1.0
+            assert not switch.pays(cut, noise_scale)
+
+
+def test_presampling_pool_grows_with_the_gain_when_the_learning_rate_follows_the_cut():
+    config = MiningConfig(sampler="presample", lr_scale="linear")
+    switch = Switch(config, 64, mining_cost(config, refreshes=False))
+    sized = {fresh: switch.size_pool(fresh, 1e5) for fresh in (2.0, 10.0, 100.0)}
+    ratios = [ratio for ratio, _ in sized.values()]
+    assert ratios == sorted(ratios) and ratios[0] < ratios[-1]
+    assert not switch.pays(sized[2.0][1], 1e5)  # small pools cut little, large ones cost too much
+    ratio, cut = sized[10.0]
+    switch.cost = mining_cost(config, False, ratio)
+    assert switch.pays(cut, 1e5)
+
+
+def test_the_miner_draws_from_the_pool_its_switch_sized_and_resumes_it():
+    n, b = 3000, 32
+    factors = torch.from_numpy(np.random.default_rng(2).lognormal(0.0, 1.0, n))
+    config = MiningConfig(sampler="presample", check_every=20, warmup_steps=20)
+
+    def presampling() -> tuple[PresamplingSampler, Miner]:
+        sampler = PresamplingSampler(range(n), batch_size=b, smoothing=0.2, seed=0, ratio=3)
+        sampler.score_fn = lambda index: factors[index]
+        return sampler, Miner(sampler, config, score_fn=sampler.score_fn)
+
+    sampler, miner = presampling()
+    second_moment = float((factors**2).mean())
+    batch_sq = second_moment / 301.0 + (second_moment - second_moment / 301.0) / b  # B = 300
+    for step in range(100):
+        index, weights = sampler.draw()
+        miner.harvest(index, factors[index], step, weights, batch_sq)
+        miner.after_step(step)
+    assert miner.noise.noise_scale is not None and not sampler.active  # a kept lr: it cannot pay
+    # the pool was sized once B was known: the cheapest, 2 b (3 b until then)
+    assert sampler.ratio == miner.switch.pool_ratio == 2
+    assert miner.switch.cost == pytest.approx(mining_cost(config, False, 2))
+    sampler.active = True
+    before = sampler.candidates_not_trained
+    index, _ = sampler.draw()
+    assert len(index) == b and sampler.candidates_not_trained - before == (2 - 1) * b
+    copy_sampler, copy = presampling()
+    copy.load_state_dict(miner.state_dict())
+    copy_sampler.load_state_dict(sampler.state_dict())
+    assert copy_sampler.ratio == 2 and copy.switch.pool_ratio == 2 and copy.switch.cost == miner.switch.cost

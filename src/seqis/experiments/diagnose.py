@@ -90,7 +90,8 @@ def judge(
     switch.quality = quality
     s = np.asarray(factors, dtype=np.float64)
     fresh = estimated_gain(s, config.mining.smoothing, costs)
-    gain = switch.predicted_cut(fresh, store)
+    presampling = config.mining.sampler == "presample"
+    gain = switch.pooled_cut(fresh, noise_scale) if presampling else switch.predicted_cut(fresh, store)
     b_noise = noise_scale
     step_gain = switch.predicted_step_gain(gain, b_noise)  # what pays() judges: re-tuned under --lr-scale
     pays = switch.pays(gain, b_noise)
@@ -110,6 +111,7 @@ def judge(
         "predicted_step_gain": predicted_step_gain(b_noise, gain, config.batch_size),
         "predicted_step_gain_lr_retuned": predicted_step_gain(b_noise, gain, config.batch_size, True),
         "predicted_mining_cost": switch.cost,
+        "pool_ratio": switch.pool_ratio if presampling else None,
         "is_pays": pays,
         "verdict": _verdict(config, s, gain, b_noise, step_gain, switch.cost, pays)
         + _store_note(store, fresh),

@@ -4,7 +4,8 @@ The *sampler* is a sampling scheme and the *factor* the score it ranks sequences
 
 - ``uniform``: shuffled epochs, no factors;
 - ``importance``: draws with p ~ factor (FIM's), unbiasing weights 1/(N p), the switch;
-- ``presample``: Katharopoulos & Fleuret's presampling, fresh scores of 3b uniform candidates;
+- ``presample``: Katharopoulos & Fleuret's presampling, fresh scores of a uniform candidate pool
+  (r b candidates, r sized by the switch);
 - ``prune``: InfoBatch's soft pruning of below-mean sequences per epoch;
 - ``subset``: pruning's honest control, a random ``--subset-fraction`` of each epoch (RS2).
 
@@ -33,8 +34,10 @@ SAMPLER_NAMES = (*SCHEMES, *SHORTHANDS)
 # A variance cut g acts like a g times larger batch; larger batches take larger learning rates:
 # linearly for SGD, about as the square root for Adam (Johnson & Guestrin 2018 scale by the gain).
 LR_RULES = {"none": None, "sqrt": 0.5, "linear": 1.0}
-# Forward passes over candidates that presampling scores per trained sequence.
+# Presampling's pool is r b candidates, a forward pass each: r = 3 until the noise scale is
+# known, then the r of PRESAMPLE_RATIOS whose predicted step gain beats its cost by the most.
 PRESAMPLE_RATIO = 3
+PRESAMPLE_RATIOS = range(2, 9)
 
 
 @dataclass

@@ -310,11 +310,15 @@ class Miner:
         noise_scale = self.noise.noise_scale if self.noise is not None else None
         sample, store = self._harvest_sample(), self._store_state(step)
         self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
+        if self.config.sampler == "presample":  # the pool the switch sized for the next period
+            self.sampler.ratio = self.switch.pool_ratio
         if self.noise is not None:
             self.noise_history.append(
                 NoiseRecord(step + 1, self.sampler.active, *self.noise_figures().values())
             )
         cut = self.noise.variance_cut if self.noise is not None else None
+        if cut and self.config.sampler == "presample" and self.sampler.active:  # + the pool's own noise
+            cut = 1.0 / (1.0 / self.switch.pool_ratio + 1.0 / cut)
         self.switch.update_lr_multiplier(cut, self.sampler.active)
         self.mining_time_s += time.perf_counter() - start
 

@@ -165,8 +165,18 @@ def predicted_step_gain(
     """
     if noise_scale is None:
         return None
-    if gain >= 1.0 + noise_scale:  # the cut would remove all the noise
-        cut = math.inf
-    else:
-        cut = noise_scale * gain / (1.0 + noise_scale - gain)
-    return step_gain_of_cut(noise_scale, cut, batch_size, lr_retuned)
+    return step_gain_of_cut(noise_scale, covariance_cut(noise_scale, gain), batch_size, lr_retuned)
+
+
+def covariance_cut(noise_scale: float, gain: float) -> float:
+    """The covariance cut of a second-moment ``gain``: B gain / (1 + B - gain) (inf: all noise gone)."""
+    if gain >= 1.0 + noise_scale:
+        return math.inf
+    return noise_scale * gain / (1.0 + noise_scale - gain)
+
+
+def second_moment_cut(noise_scale: float, cut: float) -> float:
+    """The inverse of :func:`covariance_cut`: g (1 + B) / (B + g)."""
+    if math.isinf(cut):
+        return 1.0 + noise_scale
+    return cut * (1.0 + noise_scale) / (noise_scale + cut)

@@ -29,6 +29,12 @@ no longer beats half the mining cost (on needs all of it: hysteresis). With cost
 both gains are of variance x expected cost per step, so the on- and the off-decision judge the
 same distribution and the switch does not flap.
 
+Presampling draws from fresh scores of a uniform pool of r b candidates, so its cut is bounded by
+the pool's own noise (:func:`pool_gain`: 1/g_pool = 1/r + 1/g in covariance) and its cost grows
+with r (a forward pass per candidate). Katharopoulos & Fleuret switch on when the variance
+reduction pays for the pool; here the switch also sizes the pool (:meth:`Switch.size_pool`): the
+r whose predicted step gain beats its cost by the most.
+
 Beside the gains, :class:`ValidationWatch` watches what the user cares about: less gradient
 noise at the same learning rate fits the training objective sooner, and can overfit sooner.
 When, with importance sampling on, the validation loss has not set a new best for
@@ -47,8 +53,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from seqis.importance.config import LR_RULES, PRESAMPLE_RATIO, MiningConfig
-from seqis.importance.noise import predicted_step_gain
+from seqis.importance.config import LR_RULES, PRESAMPLE_RATIO, PRESAMPLE_RATIOS, MiningConfig
+from seqis.importance.noise import covariance_cut, predicted_step_gain, second_moment_cut
 
 
 @dataclass(frozen=True)
@@ -166,18 +172,32 @@ def weighted_ceiling(factors: np.ndarray, weights: np.ndarray) -> float:
     return float(np.sum(w * s * s) / np.sum(w)) / mean**2 if mean > 0 else 1.0
 
 
-def mining_cost(config: MiningConfig, refreshes: bool) -> float:
+def mining_cost(config: MiningConfig, refreshes: bool, pool_ratio: int = PRESAMPLE_RATIO) -> float:
     """Mining's predicted share of step time while IS is on.
 
     Refresh costs ``refresh_fraction`` forward passes per trained sequence (when a scorer exists);
-    presampling scores ``PRESAMPLE_RATIO`` candidates per trained sequence, every step.
+    presampling scores ``pool_ratio`` candidates per trained sequence, every step.
     """
     cost = config.harvest_cost
     if refreshes:
         cost += config.refresh_share * config.forward_cost
     if config.sampler == "presample":
-        cost += PRESAMPLE_RATIO * config.forward_cost
+        cost += pool_ratio * config.forward_cost
     return cost
+
+
+def pool_gain(gain: float, ratio: int, noise_scale: float | None = None) -> float:
+    """The second-moment cut of b importance draws from fresh scores of a uniform pool of ratio b.
+
+    The pool's mean is itself a uniform estimate from ratio b sequences: its covariance, 1/ratio
+    of a uniform batch's, adds to that of the draws within the pool, so in covariance
+    1/g_pool = 1/ratio + 1/g (a pool no larger than the batch can only lose). With the noise
+    scale B known the sum is taken in covariance (:func:`covariance_cut`), else on second moments.
+    """
+    if noise_scale is None:
+        return 1.0 / (1.0 / ratio + 1.0 / max(gain, 1e-12))
+    cut = 1.0 / (1.0 / ratio + 1.0 / max(covariance_cut(noise_scale, gain), 1e-12))
+    return second_moment_cut(noise_scale, cut)
 
 
 class ValidationWatch:
@@ -246,6 +266,7 @@ class Switch:
         self.quality = 1.0  # of stored factors, learnt from delivered cuts; no evidence yet: 1
         self._coverage_before: float | None = None  # at the previous on-state decision
         self.watch = ValidationWatch(config.val_patience if config.has_switch else 0)
+        self.pool_ratio = PRESAMPLE_RATIO  # presampling's pool, in batches (sized by size_pool)
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
@@ -278,6 +299,30 @@ class Switch:
         coverage = coverage_ahead(store.coverage, store.scored_per_step, store.horizon)
         return store_gain(fresh, coverage, self.quality)
 
+    def size_pool(self, fresh: float, noise_scale: float | None) -> tuple[int, float]:
+        """Presampling's pool ratio r (the most step gain per unit of cost) and the cut it
+        predicts; r = ``PRESAMPLE_RATIO`` while the noise scale is unknown."""
+        if noise_scale is None:
+            return PRESAMPLE_RATIO, pool_gain(fresh, PRESAMPLE_RATIO)
+
+        def net(ratio: int) -> float:
+            step_gain = self.predicted_step_gain(pool_gain(fresh, ratio, noise_scale), noise_scale)
+            return step_gain / (1.0 + mining_cost(self.config, False, ratio))
+
+        ratio = max(PRESAMPLE_RATIOS, key=net)
+        return ratio, pool_gain(fresh, ratio, noise_scale)
+
+    def pooled_cut(self, fresh: float, noise_scale: float | None) -> float:
+        """Presampling: size the pool for the next period (and its cost); its predicted cut."""
+        self.pool_ratio, cut = self.size_pool(fresh, noise_scale)
+        self.cost = mining_cost(self.config, False, self.pool_ratio)
+        return cut
+
+    def _prediction(self, fresh: float, noise_scale: float | None, store: StoreState | None) -> float:
+        if self.config.sampler == "presample":
+            return self.pooled_cut(fresh, noise_scale)
+        return self.predicted_cut(fresh, store)
+
     def pays(self, gain: float, noise_scale: float | None) -> bool:
         """Switch on: the predicted step gain beats mining's cost; by ``min_gain`` while B is unknown."""
         step_gain = self.predicted_step_gain(gain, noise_scale)
@@ -307,12 +352,14 @@ class Switch:
         fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
         if active:
             gain = delivered_gain(sample.factors, sample.weights, sample.costs)
+            if self.config.sampler == "presample":  # within the pool in use; its own noise adds to it
+                gain = pool_gain(gain, self.pool_ratio, noise_scale)
             if store is not None:
                 self.learn_quality(gain, fresh, store.coverage)
-            predicted = self.predicted_cut(fresh, store)
+            predicted = self._prediction(fresh, noise_scale, store)
             now = gain >= self.config.min_gain_off and self.keeps_paying(predicted, noise_scale)
         else:
-            gain = predicted = self.predicted_gain = self.predicted_cut(fresh, store)
+            gain = self.predicted_gain = predicted = self._prediction(fresh, noise_scale, store)
             now = self.pays(gain, noise_scale)
             self._coverage_before = None
         self.history.append(Decision(step, gain, now, predicted))
@@ -335,6 +382,8 @@ class Switch:
             "quality": self.quality,
             "coverage_before": self._coverage_before,
             "watch": self.watch.state_dict(),
+            "pool_ratio": self.pool_ratio,
+            "cost": self.cost,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -345,6 +394,8 @@ class Switch:
         self._coverage_before = state.get("coverage_before")
         if "watch" in state:
             self.watch.load_state_dict(state["watch"])
+        self.pool_ratio = state.get("pool_ratio", PRESAMPLE_RATIO)
+        self.cost = state.get("cost", self.cost)
 
 
 @dataclass

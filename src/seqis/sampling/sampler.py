@@ -396,7 +396,8 @@ class ImportanceSampler(UniformBatchSampler):
 
 class PresamplingSampler(ImportanceSampler):
     """Katharopoulos & Fleuret's presampling: score ``ratio * b`` uniform candidates in a
-    forward pass, then draw ``b`` of them with probability mixed from their scores.
+    forward pass, then draw ``b`` of them with probability mixed from their scores. The miner's
+    switch sets ``ratio`` (the pool that pays best, :meth:`seqis.importance.switch.Switch.size_pool`).
 
     Weights are relative to the candidate pool, w_j = 1 / (B p_j), so the weighted batch is
     unbiased for the pool's mean, which is unbiased for the dataset's. ``score_fn`` maps
@@ -436,11 +437,13 @@ class PresamplingSampler(ImportanceSampler):
         return pool[pick], torch.from_numpy(1.0 / (big * p[pick.numpy()])).float()
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "candidates_not_trained": self.candidates_not_trained}
+        state = super().state_dict()
+        return {**state, "candidates_not_trained": self.candidates_not_trained, "ratio": self.ratio}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.candidates_not_trained = state.get("candidates_not_trained", 0)
+        self.ratio = state.get("ratio", self.ratio)
 
 
 class PruningSampler(UniformBatchSampler):
