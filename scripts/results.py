@@ -93,6 +93,9 @@ EXPERIMENTS: dict[str, str] = {
     # The same with the linear rule (SGD's): the multiplier min(g, 2) instead of min(sqrt(g), 2).
     "fashion-mnist-budget-lr-linear": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale linear "
     f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 --lrs uniform=0.004,fim=0.004",
+    # The scaled runs above used uniform's peak; their own: does a scaled step want a lower base?
+    "fashion-mnist-budget-lr-linear-pilot": f"--data fashion-mnist {GRU} --samplers uniform,fim "
+    f"--lr-scale linear {COSINE} --epochs 2 --seeds 1 --lrs 0.002,0.003,0.004,0.006 --eval-every 500",
     # Character-LM windows (ceiling ~1.05): the switch should stay off and cost nothing. 1M
     # characters: 10,000 windows of 100, 9,000 after the validation split, 281 steps an epoch
     # at batch 32. Grids of 0.002-0.008 and 0.004-0.032 had their best at the top edge: raised.
@@ -122,6 +125,21 @@ EXPERIMENTS: dict[str, str] = {
     # at a kept learning rate, so it trained uniformly; the race leaves it out.
     "names-budget": f"--data names {GRU} --samplers uniform,fim {COSINE} --steps 3000 --seeds 3 "
     "--lrs uniform=0.004,fim=0.004 --budgets 1,0.8,0.67,0.5 --eval-every 1000",
+    # Presampling with its pool sized by the switch (r b candidates, r in 2..8): at a kept learning
+    # rate no pool can pay (docs/method.md), so the switch should keep it uniform; forced on, the
+    # same race says what the pool's fresh scores buy and cost (two seeds, two budgets).
+    "names-budget-presample": f"--data names {GRU} --samplers uniform,presample {COSINE} --steps 3000 "
+    "--seeds 3 --lrs uniform=0.004,presample=0.004 --budgets 1,0.8,0.67,0.5 --eval-every 1000",
+    "names-presample-forced": f"--data names {GRU} --samplers uniform,presample --always-on {COSINE} "
+    "--steps 3000 --seeds 2 --lrs uniform=0.004,presample=0.004 --budgets 1,0.67 --eval-every 1000",
+    # InfoBatch's ratio swept (r 0.3 and 0.7 beside fashion-mnist-budget's 0.5), each with its
+    # honest control, a random subset of the share prune keeps (1 - r x ~0.62 below the mean).
+    "fashion-mnist-budget-prune-0.3": f"--data fashion-mnist {GRU} --samplers uniform,prune,subset "
+    f"--prune-ratio 0.3 --subset-fraction 0.81 {COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 "
+    "--eval-every 500 --lrs uniform=0.004,prune=0.004,subset=0.004",
+    "fashion-mnist-budget-prune-0.7": f"--data fashion-mnist {GRU} --samplers uniform,prune,subset "
+    f"--prune-ratio 0.7 --subset-fraction 0.57 {COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 "
+    "--eval-every 500 --lrs uniform=0.004,prune=0.004,subset=0.004",
     # Do no harm: a small set that overfits at a constant learning rate (8,000 of Fashion-MNIST's
     # 60,000 training sequences, 24 epochs, 2 seeds), fim with the switch alone (--val-patience 0)
     # and with the validation watch (the default); uniform's runs are the same in both races.
