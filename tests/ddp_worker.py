@@ -221,9 +221,10 @@ def own_loop(out_path: str) -> None:
     factors = torch.from_numpy(loader.sampler.factors).nan_to_num(-1.0)
     every = [None, None]
     params = float(sum(p.sum() for p in model.parameters()))
-    dist.all_gather_object(every, (drawn, float(factors.sum()), params))
+    noise = loader.miner.noise.batch_sq  # from each rank's own pre-clip gradient, averaged over ranks
+    dist.all_gather_object(every, (drawn, float(factors.sum()), params, noise))
     if rank == 0:
-        (rank0, f0, p0), (rank1, f1, p1) = every
+        (rank0, f0, p0, n0), (rank1, f1, p1, n1) = every
         warmup = zip(rank0[:49], rank1[:49], strict=True)
         result = {
             "world": loader.ctx.world,
@@ -231,6 +232,7 @@ def own_loop(out_path: str) -> None:
             "disjoint_warmup": all(not set(a) & set(b) for a, b in warmup),
             "same_factors": f0 == f1,
             "same_parameters": p0 == p1,
+            "same_noise_scale_input": n0 == n1 and n0 is not None,
             "refreshed": loader.miner.state_dict()["sweep_cursor"] > 0,
         }
         with open(out_path, "w") as f:

@@ -122,5 +122,6 @@ def test_importance_loader_in_a_users_own_ddp_loop(tmp_path):
         "disjoint_warmup": True,  # uniform warm-up: slices of one global permutation
         "same_factors": True,  # one importance distribution on both ranks
         "same_parameters": True,
+        "same_noise_scale_input": True,  # so every rank's switch judges the same B
         "refreshed": True,  # the forward-only scorer ran, split across ranks
     }

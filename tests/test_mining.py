@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from seqis.data.registry import load_data
+from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.switch import delivered_gain, estimated_gain, weighted_ceiling
@@ -182,3 +183,36 @@ def test_pruning_decides_each_epoch_from_every_factor_of_the_last():
     assert not np.isnan(sampler.factors).any()  # all in before epoch 1's pruning is decided
     sampler.draw()
     assert len(sampler._order) < n
+
+
+class _PartnerTwiceAsNoisy(DistContext):
+    """Rank 0 of two, whose partner's every value is twice this rank's (no process group)."""
+
+    def __init__(self):
+        super().__init__(rank=0, world=2)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor, tensor])
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * 3.0
+
+
+def test_every_rank_feeds_the_noise_scale_the_ranks_mean_gradient_norm():
+    """In a user's own DDP loop each rank's hooks see its own gradient; averaged, every rank's
+    noise scale, and so its switch, is the same (it used to be each rank's own)."""
+    config = MiningConfig(refresh_fraction=0.0, check_every=1000, warmup_steps=1000)
+    rng = np.random.default_rng(0)
+    grad_sq = rng.uniform(0.5, 1.5, 40)
+
+    def noise_after(ctx: DistContext | None, scale: float) -> float:
+        sampler = ImportanceSampler(range(200), batch_size=16, smoothing=0.2, seed=0)
+        miner = Miner(sampler, config, ctx=ctx)
+        for step, value in enumerate(grad_sq):
+            index = torch.arange(16) + step % 10
+            miner.harvest(index, torch.rand(16) + 0.1, step, None, torch.tensor(value * scale))
+            miner.after_step(step)
+        miner.flush()
+        return miner.noise.batch_sq
+
+    assert noise_after(_PartnerTwiceAsNoisy(), 1.0) == pytest.approx(noise_after(None, 1.5), rel=1e-12)

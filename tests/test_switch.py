@@ -390,3 +390,18 @@ def test_the_miner_draws_from_the_pool_its_switch_sized_and_resumes_it():
     copy.load_state_dict(miner.state_dict())
     copy_sampler.load_state_dict(sampler.state_dict())
     assert copy_sampler.ratio == 2 and copy.switch.pool_ratio == 2 and copy.switch.cost == miner.switch.cost
+
+
+def test_noise_scale_stays_unbiased_while_presampling_draws():
+    """A presampled batch carries its pool mean's noise as well: without r, B reads ~6x too low here."""
+    b, r, true_b, m_u, m_p = 32, 3, 500.0, 2.0, 1.2
+    g2 = m_u / (1.0 + true_b)
+    batch_sq = g2 + (m_u - g2) / (r * b) + (m_p - g2) / b
+    noise = NoiseScale(batch_size=b, pool_ratio=r)
+    noise.observe_batch(batch_sq)
+    noise.observe_moments(m_u, m_p)
+    assert noise.noise_scale == pytest.approx(true_b, rel=1e-9)
+    within_pool = (m_u - g2) / (m_p - g2)
+    assert noise.variance_cut == pytest.approx(1.0 / (1.0 / r + 1.0 / within_pool), rel=1e-9)
+    noise.pool_ratio = None
+    assert noise.noise_scale < true_b / 5

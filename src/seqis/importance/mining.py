@@ -243,13 +243,28 @@ class Miner:
             self.sampler.record(
                 torch.cat([h.index for h in scored]), torch.cat([h.factors for h in scored]), steps
             )
-        for harvest in pending:
-            if harvest.grad_sq is not None:
-                self.noise.observe_batch(float(harvest.grad_sq))
+        self._observe_batches(pending)
         observed = [h for h in scored if h.same_regime]
         if observed:
             self._observe(observed)
         self.harvest_time_s += time.perf_counter() - start
+
+    def _observe_batches(self, pending: list[PendingHarvest]) -> None:
+        """Each step's pre-clip gradient norm, into the noise scale, averaged over ranks: in a
+        user's own DDP loop the hooks read this rank's gradient before DDP averages it, and ranks
+        with different noise scales would decide differently and their samplers part."""
+        if self.noise is None:
+            return
+        slots = [h for h in pending if h.same_regime]  # the same harvests on every rank
+        if not slots:
+            return
+        values = torch.tensor(
+            [math.nan if h.grad_sq is None else float(h.grad_sq) for h in slots], dtype=torch.float64
+        )
+        if self.ctx.enabled:
+            values = self.ctx.sum(values) / self.ctx.world  # a rank without a value: NaN, ignored
+        for value in values.tolist():
+            self.noise.observe_batch(value)
 
     def _observe(self, harvests: list[PendingHarvest]) -> None:
         """Add harvests of the regime in use, in order, to the switch's sample and the noise scale
@@ -312,13 +327,12 @@ class Miner:
         self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
         if self.config.sampler == "presample":  # the pool the switch sized for the next period
             self.sampler.ratio = self.switch.pool_ratio
+            self._tell_noise_the_pool()
         if self.noise is not None:
             self.noise_history.append(
                 NoiseRecord(step + 1, self.sampler.active, *self.noise_figures().values())
             )
         cut = self.noise.variance_cut if self.noise is not None else None
-        if cut and self.config.sampler == "presample" and self.sampler.active:  # + the pool's own noise
-            cut = 1.0 / (1.0 / self.switch.pool_ratio + 1.0 / cut)
         self.switch.update_lr_multiplier(cut, self.sampler.active)
         self.mining_time_s += time.perf_counter() - start
 
@@ -347,6 +361,12 @@ class Miner:
         self._recent.clear()  # the other regime's sample is biased for this one
         if self.noise is not None:
             self.noise.regime_changed()
+            self._tell_noise_the_pool()
+
+    def _tell_noise_the_pool(self) -> None:
+        """Presampled batches carry their pool mean's noise too: the noise scale must know r."""
+        if self.noise is not None and self.config.sampler == "presample":
+            self.noise.pool_ratio = self.sampler.ratio if self.sampler.active else None
 
     def noise_figures(self) -> dict:
         """B, g and the predicted step gain now, at uniform's and at a re-tuned learning rate."""

@@ -60,6 +60,7 @@ class NoiseScale:
     uniform_sq: float | None = None  # m_u = E_u[s^2]
     drawn_sq: float | None = None  # m_p = E_p[w^2 s^2] of the draws in use
     predicted_cut: float | None = None  # under uniform draws: the switch's predicted second-moment cut
+    pool_ratio: int | None = None  # while presampling draws: its pool, in batches (its mean's noise)
 
     def _ema(self, old: float | None, new: float) -> float:
         return new if old is None else self.decay * old + (1.0 - self.decay) * new
@@ -105,7 +106,13 @@ class NoiseScale:
         b = self.batch_size
         if b < 2:
             return None
-        estimate = (b * self.batch_sq - self.drawn_sq) / (b - 1)
+        if self.pool_ratio is None:
+            estimate = (b * self.batch_sq - self.drawn_sq) / (b - 1)
+        else:  # a presampled batch also carries its pool mean's noise, tr(Sigma) / (r b)
+            if self.uniform_sq is None:
+                return None
+            r = self.pool_ratio
+            estimate = (b * self.batch_sq - self.drawn_sq - self.uniform_sq / r) / (b - 1 - 1 / r)
         return estimate if estimate > 0 else None  # all noise so far: |G|^2 not yet identifiable
 
     @property
@@ -126,6 +133,8 @@ class NoiseScale:
             drawn = self.uniform_sq / max(self.predicted_cut, 1e-12) - g2
         else:
             drawn = self.drawn_sq - g2
+            if self.pool_ratio is not None:  # presampling: the pool mean's noise adds to the draws'
+                drawn += max(self.uniform_sq - g2, 0.0) / self.pool_ratio
         return max(self.uniform_sq - g2, 0.0) / drawn if drawn > 0 else None
 
     def predicted_step_gain(self, lr_retuned: bool = False) -> float | None:

@@ -394,8 +394,9 @@ class Switch:
         self._coverage_before = state.get("coverage_before")
         if "watch" in state:
             self.watch.load_state_dict(state["watch"])
-        self.pool_ratio = state.get("pool_ratio", PRESAMPLE_RATIO)
-        self.cost = state.get("cost", self.cost)
+        if self.config.sampler == "presample":  # the others' cost is fixed by their settings
+            self.pool_ratio = state.get("pool_ratio", PRESAMPLE_RATIO)
+            self.cost = state.get("cost", self.cost)
 
 
 @dataclass
