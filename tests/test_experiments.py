@@ -241,10 +241,10 @@ def test_committed_results_tables_are_what_the_script_writes():
         p.read_text().split(results.BEGIN, 1)[1].split(results.END, 1)[0]
         for p in (ROOT / "README.md", ROOT / "docs" / "results" / "README.md")
     )
-    lead = results.budget_summary("docs/results/")
+    lead = results.budget_summary("docs/results/", compact=True)
     assert lead and readme.index(lead) < readme.index(results.POINTER)
     page_lead, constant = results.budget_summary(), results.summarize()
-    assert page.index(page_lead) < page.index(constant)
+    assert page.index(page_lead) < page.index(constant) < page.index(results.prediction_check())
 
 
 def test_history_rows_old_lists_and_new_records_read_alike():
