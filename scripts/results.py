@@ -96,10 +96,6 @@ EXPERIMENTS: dict[str, str] = {
     # The scaled runs above used uniform's peak; their own: does a scaled step want a lower base?
     "fashion-mnist-budget-lr-linear-pilot": f"--data fashion-mnist {GRU} --samplers uniform,fim "
     f"--lr-scale linear {COSINE} --epochs 2 --seeds 1 --lrs 0.002,0.003,0.004,0.006 --eval-every 500",
-    # The linear rule's bound (2) binds: fim delivers a cut of ~2.8 by the end. Raised to 3.
-    "fashion-mnist-budget-lr-linear-max3": f"--data fashion-mnist {GRU} --samplers uniform,fim "
-    f"--lr-scale linear --lr-scale-max 3 {COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 "
-    "--eval-every 500 --lrs uniform=0.004,fim=0.004",
     # Character-LM windows (ceiling ~1.05): the switch should stay off and cost nothing. 1M
     # characters: 10,000 windows of 100, 9,000 after the validation split, 281 steps an epoch
     # at batch 32. Grids of 0.002-0.008 and 0.004-0.032 had their best at the top edge: raised.
