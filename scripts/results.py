@@ -290,9 +290,8 @@ def prediction_check(link_prefix: str = "") -> str:
         result = finished(name)
         if result is None or name.endswith("-pilot"):  # one seed, one budget: for the lr grid
             continue
-        for sampler in [s for s in result["samplers"] if s not in ("uniform", "subset", "prune")]:
-            if sampler.startswith("prune"):
-                continue
+        # importance samplers only: uniform, subset and pruning predict no step gain
+        for sampler in [s for s in result["samplers"] if s not in ("uniform", "subset") and s[:5] != "prune"]:
             predicted, measured, kind = _prediction_pair(name, result, sampler)
             if predicted is None or measured is None:
                 continue

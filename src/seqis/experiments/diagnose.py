@@ -90,8 +90,7 @@ def judge(
     switch.quality = quality
     s = np.asarray(factors, dtype=np.float64)
     fresh = estimated_gain(s, config.mining.smoothing, costs)
-    presampling = config.mining.sampler == "presample"
-    gain = switch.pooled_cut(fresh, noise_scale) if presampling else switch.predicted_cut(fresh, store)
+    gain = switch.prediction(fresh, noise_scale, store)
     b_noise = noise_scale
     step_gain = switch.predicted_step_gain(gain, b_noise)  # what pays() judges: re-tuned under --lr-scale
     pays = switch.pays(gain, b_noise)
@@ -111,7 +110,7 @@ def judge(
         "predicted_step_gain": predicted_step_gain(b_noise, gain, config.batch_size),
         "predicted_step_gain_lr_retuned": predicted_step_gain(b_noise, gain, config.batch_size, True),
         "predicted_mining_cost": switch.cost,
-        "pool_ratio": switch.pool_ratio if presampling else None,
+        "pool_ratio": switch.pool_ratio if config.mining.sampler == "presample" else None,
         "is_pays": pays,
         "verdict": _verdict(config, s, gain, b_noise, step_gain, switch.cost, pays)
         + _store_note(store, fresh),

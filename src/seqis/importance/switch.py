@@ -318,7 +318,8 @@ class Switch:
         self.cost = mining_cost(self.config, False, self.pool_ratio)
         return cut
 
-    def _prediction(self, fresh: float, noise_scale: float | None, store: StoreState | None) -> float:
+    def prediction(self, fresh: float, noise_scale: float | None, store: StoreState | None) -> float:
+        """The cut this sampler's draws will deliver: presampling's pool, else the store's."""
         if self.config.sampler == "presample":
             return self.pooled_cut(fresh, noise_scale)
         return self.predicted_cut(fresh, store)
@@ -356,10 +357,10 @@ class Switch:
                 gain = pool_gain(gain, self.pool_ratio, noise_scale)
             if store is not None:
                 self.learn_quality(gain, fresh, store.coverage)
-            predicted = self._prediction(fresh, noise_scale, store)
+            predicted = self.prediction(fresh, noise_scale, store)
             now = gain >= self.config.min_gain_off and self.keeps_paying(predicted, noise_scale)
         else:
-            gain = self.predicted_gain = predicted = self._prediction(fresh, noise_scale, store)
+            gain = self.predicted_gain = predicted = self.prediction(fresh, noise_scale, store)
             now = self.pays(gain, noise_scale)
             self._coverage_before = None
         self.history.append(Decision(step, gain, now, predicted))
@@ -383,7 +384,6 @@ class Switch:
             "coverage_before": self._coverage_before,
             "watch": self.watch.state_dict(),
             "pool_ratio": self.pool_ratio,
-            "cost": self.cost,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -396,7 +396,7 @@ class Switch:
             self.watch.load_state_dict(state["watch"])
         if self.config.sampler == "presample":  # the others' cost is fixed by their settings
             self.pool_ratio = state.get("pool_ratio", PRESAMPLE_RATIO)
-            self.cost = state.get("cost", self.cost)
+            self.cost = mining_cost(self.config, False, self.pool_ratio)
 
 
 @dataclass
