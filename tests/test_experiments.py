@@ -1,6 +1,7 @@
 import ast
 import importlib.util
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ from seqis.experiments.analysis import (
     best_lrs,
     history_record,
     predicted_while_on,
+    scheduled_prediction,
     speedups,
     time_to_target,
 )
 from seqis.experiments.report import write_report
+from seqis.importance.config import MiningConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
@@ -311,3 +314,22 @@ def test_a_races_factor_names_its_runs(tmp_path):
     assert main([*args, "--steps", "10", "--eval-every", "5", "--out", str(out), *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samplers"] == ["uniform", "loss"] and set(summary["best_lr"]) == {"uniform", "loss"}
+
+
+def test_scheduled_prediction_replays_the_recorded_decisions_under_the_runs_schedule():
+    def summary(schedule: str, active: bool, lr_scale: str = "none") -> dict:
+        history = [
+            {"step": s, "active": active, "noise_scale": 500.0, "variance_cut": 2.0,
+             "predicted_step_gain": 1.5, "predicted_step_gain_lr_retuned": 2.0}
+            for s in range(0, 1000, 50)
+        ]
+        config = {"schedule": schedule, "warmup": 0.0, "lr_floor": 0.0, "batch_size": 64, "budget": 1.0}
+        mining = asdict(MiningConfig(lr_scale=lr_scale))
+        return {"steps": 1000, "config": config, "mining": mining, "noise_history": history}
+
+    assert scheduled_prediction(summary("constant", True)) == pytest.approx(1.5)  # 2 - 1/G
+    assert scheduled_prediction(summary("constant", False)) == pytest.approx(1.0)  # the switch stayed off
+    assert 1.0 < scheduled_prediction(summary("cosine", True)) < 1.5
+    # --lr-scale linear: the multiplier rises towards G = 2, so the run's gain rises towards G
+    assert 1.5 < scheduled_prediction(summary("constant", True, "linear")) < 2.0
+    assert scheduled_prediction({"steps": 10, "config": {}, "noise_history": []}) is None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqis.importance.noise import NoiseScale, fixed_lr_step_gain
+from seqis.importance.noise import NoiseScale, fixed_lr_step_gain, scheduled_step_gain
 from seqis.sampling.sampler import ImportanceSampler
 
 
@@ -94,3 +94,16 @@ def test_step_gains_match_sgd_progress_on_a_noisy_quadratic(noise_scale, cut):
     assert progress(best_lr(b), b * cut) / uniform == pytest.approx(fixed_lr_step_gain(tuned), rel=0.03)
     assert progress(best_lr(b * cut), b * cut) / uniform == pytest.approx(tuned, rel=0.03)
     assert fixed_lr_step_gain(tuned) < 2.0
+
+
+def test_scheduled_step_gain_weights_each_steps_cut_by_its_learning_rate():
+    constant = [1.0] * 100
+    assert scheduled_step_gain(constant, [2.0] * 100) == pytest.approx(fixed_lr_step_gain(2.0))
+    assert scheduled_step_gain(constant, [2.0] * 100, [2.0] * 100) == pytest.approx(2.0)  # re-tuned: G
+    assert scheduled_step_gain(constant, [1.0] * 100) == pytest.approx(1.0)
+    cosine = 0.5 * (1 + np.cos(np.pi * np.arange(100) / 100))
+    # the same cut all along buys less under a decay than at a constant rate, and more than nothing
+    assert 1.0 < scheduled_step_gain(cosine, [2.0] * 100) < fixed_lr_step_gain(2.0)
+    # a cut that comes only once the rate has decayed buys almost nothing
+    late = [1.0] * 80 + [3.0] * 20
+    assert scheduled_step_gain(cosine, late) < 1.02 < scheduled_step_gain(cosine[::-1], late)

@@ -104,14 +104,20 @@ def test_second_signal_gets_the_default_handler():
     # Sent to the main thread itself: a process-wide kill may land on another thread (loader
     # workers, gloo), whose handler then trips the main thread only after the check below.
     main_thread = threading.main_thread().ident
-    with _StopSignal() as stop:
-        signal.pthread_kill(main_thread, signal.SIGINT)
-        assert stop.received == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):  # a stuck loop can still be interrupted
+    # An earlier test (or a library it loaded) may have left its own SIGINT handler installed:
+    # start from Python's default, which the second signal must reach.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopSignal() as stop:
             signal.pthread_kill(main_thread, signal.SIGINT)
-            for _ in range(200):  # Python runs the handler at a later bytecode; on a loaded machine, later
-                time.sleep(0.005)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert stop.received == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):  # a stuck loop can still be interrupted
+                signal.pthread_kill(main_thread, signal.SIGINT)
+                for _ in range(200):  # Python runs the handler at a later bytecode
+                    time.sleep(0.005)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import fields
 from pathlib import Path
 
 from seqis.errors import ConfigError
 from seqis.experiments.budgets import analyse_budgets, budget_of
-from seqis.importance.noise import fixed_lr_step_gain
+from seqis.importance.config import MiningConfig
+from seqis.importance.noise import fixed_lr_step_gain, scheduled_step_gain
+from seqis.importance.switch import Switch
 from seqis.training.config import TrainConfig
 from seqis.training.metrics import read_metrics
+from seqis.training.schedule import Schedule, warmup_share
 
 FRACTIONS = (0.3, 0.6, 0.9, 1.0)
 # Each race metric and whether lower or higher is better.
@@ -208,6 +212,34 @@ def predicted_while_on(summary: dict) -> dict:
         "predicted_step_gain": fixed_lr_step_gain(tuned) if tuned is not None else None,
         "predicted_step_gain_lr_retuned": tuned,
     }
+
+
+def scheduled_prediction(summary: dict) -> float | None:
+    """The run's step gain under its own schedule (:func:`scheduled_step_gain`), replayed from the
+    decisions it recorded: each decision's re-tuned G holds until the next (1 while IS is off),
+    and under ``--lr-scale`` the multiplier follows the switch's own rule. None without a history."""
+    records = [history_record(row) for row in summary.get("noise_history", [])]
+    steps, config = summary.get("steps"), summary.get("config", {})
+    if not records or not steps or "schedule" not in config:
+        return None
+    plan = steps  # a run decays its schedule over the steps it trains (its budget)
+    warmup = warmup_share(config["warmup"], plan)
+    schedule = Schedule(config["schedule"], warmup, config["lr_floor"], 1.0 / plan)
+    known = {f.name for f in fields(MiningConfig)}  # a summary of an older version may hold more
+    mining = MiningConfig(**{k: v for k, v in summary["mining"].items() if k in known})
+    switch = Switch(mining, config["batch_size"], cost=0.0)
+    factors, gains, multipliers = [], [], []
+    gain, at = 1.0, 0
+    for step in range(steps):
+        while at < len(records) and records[at]["step"] <= step:
+            record, at = records[at], at + 1
+            on = bool(record["active"]) and record["predicted_step_gain_lr_retuned"] is not None
+            gain = record["predicted_step_gain_lr_retuned"] if on else 1.0
+            switch.update_lr_multiplier(record["variance_cut"], on)
+        factors.append(schedule.factor(step / plan))
+        gains.append(gain)
+        multipliers.append(switch.lr_multiplier)
+    return scheduled_step_gain(factors, gains, multipliers)
 
 
 def run_record(summary: dict, rows: list[dict]) -> dict:

@@ -38,6 +38,7 @@ ratios.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -162,6 +163,28 @@ def step_gain_of_cut(noise_scale: float, cut: float, batch_size: int, lr_retuned
 def fixed_lr_step_gain(tuned_gain: float) -> float:
     """The step gain at uniform's best learning rate, from the gain with a re-tuned one: 2 - 1/G."""
     return 2.0 - 1.0 / tuned_gain
+
+
+def scheduled_step_gain(
+    lr_factors: Sequence[float], retuned_gains: Sequence[float], multipliers: Sequence[float] | None = None
+) -> float:
+    """The step gain of a whole run under its schedule, step by step (the same quadratic model).
+
+    At a share s of uniform's tuned peak a step makes progress s (2 - s) for uniform and
+    m s (2 - m s / G) under a cut worth G (m: the lr multiplier, 1 without ``--lr-scale``), so
+    the run's gain is the ratio of the sums: 2 - 1/G at a constant rate (m = 1) or G (m = G),
+    and near 1 where the cut comes only as the rate decays.
+
+    Example:
+        >>> round(scheduled_step_gain([1.0, 1.0], [2.0, 2.0]), 3)      # constant rate: 2 - 1/G
+        1.5
+        >>> round(scheduled_step_gain([1.0, 0.1], [1.0, 4.0]), 3)      # the cut only at a low rate
+        1.006
+    """
+    m = np.ones(len(lr_factors)) if multipliers is None else np.asarray(multipliers, dtype=float)
+    s, g = np.asarray(lr_factors, dtype=float), np.asarray(retuned_gains, dtype=float)
+    uniform = float(np.sum(s * (2.0 - s)))
+    return float(np.sum(m * s * (2.0 - m * s / g))) / uniform if uniform > 0 else 1.0
 
 
 def predicted_step_gain(
