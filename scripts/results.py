@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from seqis.experiments.analysis import FRACTIONS, scheduled_prediction
+from seqis.experiments.analysis import FRACTIONS
 from seqis.experiments.budgets import TOLERANCE_RULE, equivalent_cell, saving_cell
 from seqis.experiments.report import CELL_RULE, cell, write_report
 
@@ -93,7 +93,8 @@ EXPERIMENTS: dict[str, str] = {
     # The same with the linear rule (SGD's): the multiplier min(g, 2) instead of min(sqrt(g), 2).
     "fashion-mnist-budget-lr-linear": f"--data fashion-mnist {GRU} --samplers uniform,fim --lr-scale linear "
     f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 --lrs uniform=0.004,fim=0.004",
-    # The linear rule's bound (2) binds: fim delivers a cut of ~2.8 on this task. Raised to 3.
+    # The linear rule's bound raised from 2 to 3 (the cut reaches ~2.8 by the end). It hardly
+    # binds: the cut passes 2 only in the last fifth, where the decayed rate is low.
     "fashion-mnist-budget-lr-linear-max3": f"--data fashion-mnist {GRU} --samplers uniform,fim "
     f"--lr-scale linear --lr-scale-max 3 {COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 "
     "--eval-every 500 --lrs uniform=0.004,fim=0.004",
@@ -309,7 +310,7 @@ def prediction_check(link_prefix: str = "") -> str:
                 continue
             verdict = _within(predicted, measured, kind)
             hits, total = hits + verdict.startswith("yes"), total + 1
-            scheduled, scheduled_verdict = _scheduled_prediction(name, sampler, result), "–"
+            scheduled, scheduled_verdict = _scheduled_prediction(result, sampler), "–"
             if scheduled is not None:
                 scheduled_verdict = _within(scheduled, measured, kind)
                 scheduled_hits += scheduled_verdict.startswith("yes")
@@ -328,22 +329,20 @@ def prediction_check(link_prefix: str = "") -> str:
     )
 
 
-def _scheduled_prediction(name: str, sampler: str, result: dict) -> float | None:
+def _scheduled_prediction(result: dict, sampler: str) -> float | None:
     """Median over the tuned full-budget runs' step gains replayed under their own schedule."""
-    lr, values = result.get("best_lr", {}).get(sampler), []
-    for path in sorted((ROOT / RESULTS / name / "runs").glob("*/summary.json")):
-        summary = json.loads(path.read_text())
-        config = summary.get("config", {})
-        full_budget = config.get("budget") in (1, 1.0, None)
-        if summary.get("sampler") == sampler and full_budget and config.get("lr") == lr:
-            values.append(scheduled_prediction(summary))
+    values = [r.get("scheduled_step_gain") for r in _full_budget_runs(result, sampler)]
     values = [v for v in values if v is not None]
     return _med(values) if values else None
 
 
-def _prediction_pair(name: str, result: dict, sampler: str) -> tuple[float | None, float | None, str]:
+def _full_budget_runs(result: dict, sampler: str) -> list[dict]:
     runs = [r for r in result["runs"] if r["sampler"] == sampler and r["tuned"]]
-    runs = [r for r in runs if r.get("budget") in (1, 1.0, None)]  # the full budget
+    return [r for r in runs if r.get("budget") in (1, 1.0, None)]
+
+
+def _prediction_pair(name: str, result: dict, sampler: str) -> tuple[float | None, float | None, str]:
+    runs = _full_budget_runs(result, sampler)
     if not runs:
         return None, None, "exact"
     args = EXPERIMENTS[name].split()

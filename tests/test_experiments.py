@@ -19,6 +19,7 @@ from seqis.experiments.analysis import (
 )
 from seqis.experiments.report import write_report
 from seqis.importance.config import MiningConfig
+from seqis.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--layers", "1", "--embed", "8", "--no-progress", "--threads", "1"]
@@ -323,9 +324,9 @@ def test_scheduled_prediction_replays_the_recorded_decisions_under_the_runs_sche
              "predicted_step_gain": 1.5, "predicted_step_gain_lr_retuned": 2.0}
             for s in range(0, 1000, 50)
         ]
-        config = {"schedule": schedule, "warmup": 0.0, "lr_floor": 0.0, "batch_size": 64, "budget": 1.0}
-        mining = asdict(MiningConfig(lr_scale=lr_scale))
-        return {"steps": 1000, "config": config, "mining": mining, "noise_history": history}
+        mining = MiningConfig(lr_scale=lr_scale)
+        config = asdict(TrainConfig(steps=1000, schedule=schedule, warmup=0.0, batch_size=64, mining=mining))
+        return {"steps": 1000, "config": config, "data_stats": {"train": 5000}, "noise_history": history}
 
     assert scheduled_prediction(summary("constant", True)) == pytest.approx(1.5)  # 2 - 1/G
     assert scheduled_prediction(summary("constant", False)) == pytest.approx(1.0)  # the switch stayed off

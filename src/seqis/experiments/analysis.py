@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import fields
 from pathlib import Path
 
 from seqis.errors import ConfigError
 from seqis.experiments.budgets import analyse_budgets, budget_of
-from seqis.importance.config import MiningConfig
 from seqis.importance.noise import fixed_lr_step_gain, scheduled_step_gain
 from seqis.importance.switch import Switch
 from seqis.training.config import TrainConfig
 from seqis.training.metrics import read_metrics
-from seqis.training.schedule import Schedule, warmup_share
+from seqis.training.trainer import make_schedule
 
 FRACTIONS = (0.3, 0.6, 0.9, 1.0)
 # Each race metric and whether lower or higher is better.
@@ -219,15 +217,13 @@ def scheduled_prediction(summary: dict) -> float | None:
     decisions it recorded: each decision's re-tuned G holds until the next (1 while IS is off),
     and under ``--lr-scale`` the multiplier follows the switch's own rule. None without a history."""
     records = [history_record(row) for row in summary.get("noise_history", [])]
-    steps, config = summary.get("steps"), summary.get("config", {})
-    if not records or not steps or "schedule" not in config:
+    steps, saved = summary.get("steps"), summary.get("config", {})
+    if not records or not steps or "schedule" not in saved:
         return None
-    plan = steps  # a run decays its schedule over the steps it trains (its budget)
-    warmup = warmup_share(config["warmup"], plan)
-    schedule = Schedule(config["schedule"], warmup, config["lr_floor"], 1.0 / plan)
-    known = {f.name for f in fields(MiningConfig)}  # a summary of an older version may hold more
-    mining = MiningConfig(**{k: v for k, v in summary["mining"].items() if k in known})
-    switch = Switch(mining, config["batch_size"], cost=0.0)
+    config = TrainConfig.from_dict(saved)  # the trainer's own schedule over the run's own plan
+    global_batch = config.batch_size * summary.get("world_size", 1)
+    schedule = make_schedule(config, summary["data_stats"]["train"], global_batch)
+    switch = Switch(config.mining, config.batch_size, cost=0.0)
     factors, gains, multipliers = [], [], []
     gain, at = 1.0, 0
     for step in range(steps):
@@ -236,19 +232,21 @@ def scheduled_prediction(summary: dict) -> float | None:
             on = bool(record["active"]) and record["predicted_step_gain_lr_retuned"] is not None
             gain = record["predicted_step_gain_lr_retuned"] if on else 1.0
             switch.update_lr_multiplier(record["variance_cut"], on)
-        factors.append(schedule.factor(step / plan))
+        factors.append(schedule.factor(step * schedule.step_share))
         gains.append(gain)
         multipliers.append(switch.lr_multiplier)
     return scheduled_step_gain(factors, gains, multipliers)
 
 
 def run_record(summary: dict, rows: list[dict]) -> dict:
-    """A run record: the summary's ``RECORD_KEYS``, its lr, its predicted gains and its metrics rows."""
+    """A run record: the summary's ``RECORD_KEYS``, its lr, its predicted gains (at a kept rate,
+    re-tuned, and under its schedule) and its metrics rows."""
     return {
         **{k: summary.get(k) for k in RECORD_KEYS},
         "lr": summary["config"]["lr"],
         "budget": budget_of(summary),
         **predicted_while_on(summary),
+        "scheduled_step_gain": scheduled_prediction(summary),
         "rows": rows,
     }
 
