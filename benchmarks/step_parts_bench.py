@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from seqis.importance.config import MiningConfig
-from seqis.importance.factors import fim_factors
+from seqis.importance.factors import fim_factors, harvest_fim
 from seqis.importance.mining import Miner
 from seqis.importance.noise import NoiseScale
 from seqis.sampling.sampler import ImportanceSampler
@@ -83,8 +83,8 @@ def main() -> None:
     miner = Miner(sampler, MiningConfig(refresh_fraction=0.0, always_on=True))
     step = iter(range(10**9))
 
-    def first_factors(k: int) -> torch.Tensor:
-        return fim_factors(logits[:k], hidden[:k], targets[:k], mask[:k])
+    def first_factors(k: int):  # as the trainer harvests: a classifier's are computed at the flush
+        return harvest_fim(logits, hidden, targets, mask, count=k)
 
     parts = {
         "fim_factors": lambda: fim_factors(logits, hidden, targets, mask),

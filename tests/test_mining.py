@@ -1,11 +1,14 @@
 """The switch and the reported ceiling read fresh, weight-corrected factors, never the stale store."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from seqis.data.registry import load_data
 from seqis.distributed import DistContext
+from seqis.importance import factors
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.switch import delivered_gain, estimated_gain, weighted_ceiling
@@ -154,6 +157,45 @@ def test_held_harvests_reach_sampler_switch_and_noise_as_step_by_step_ones():
     np.testing.assert_array_equal(one.sampler.scored_step, held.sampler.scored_step)
     np.testing.assert_array_equal(one._harvest_sample().factors, held._harvest_sample().factors)
     assert one.noise_figures() == held.noise_figures() and one.noise.batch_sq == held.noise.batch_sq
+
+
+def test_pending_classifier_factors_reach_the_sampler_and_a_checkpoint_as_computed_ones():
+    """Factors held as outputs (computed at the flush) land as eager ones do, and a checkpoint
+    taken between flushes holds factors, so a resumed run goes on identically."""
+    n, b, classes, hidden = 300, 16, 5, 8
+    rng = torch.Generator().manual_seed(0)
+    logits, states = torch.randn(n, 1, classes, generator=rng), torch.randn(n, 1, hidden, generator=rng)
+    targets = torch.randint(0, classes, (n, 1), generator=rng)
+    config = MiningConfig(factor="fim", refresh_fraction=0.0, always_on=True)
+
+    def run(miner: Miner, steps: range, pending: bool) -> None:
+        for step in steps:
+            index = torch.arange(step * b, (step + 1) * b) % n
+            parts = logits[index], states[index], targets[index]
+            given = factors.harvest_fim(*parts) if pending else factors.fim_factors(*parts)
+            miner.harvest(index, given, step, torch.ones(b), torch.tensor(1.5))
+            miner.after_step(step)
+
+    def fresh() -> Miner:
+        sampler = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=0)
+        sampler.active = True
+        return Miner(sampler, config)
+
+    eager, held = fresh(), fresh()
+    run(eager, range(13), pending=False)
+    run(held, range(5), pending=True)
+    assert any(isinstance(h.factors, factors.PendingFactors) for h in held._pending)
+    state = copy.deepcopy({"miner": held.state_dict(), "sampler": held.sampler.state_dict()})
+    assert all(isinstance(row["factors"], torch.Tensor) for row in state["miner"]["pending"])
+    resumed = fresh()
+    resumed.load_state_dict(state["miner"])
+    resumed.sampler.load_state_dict(state["sampler"])
+    run(resumed, range(5, 13), pending=True)
+    for miner in (eager, resumed):
+        miner.flush()
+    np.testing.assert_array_equal(eager.sampler.factors, resumed.sampler.factors)
+    np.testing.assert_array_equal(eager._harvest_sample().factors, resumed._harvest_sample().factors)
+    assert eager.noise_figures() == resumed.noise_figures()
 
 
 def test_a_refresh_is_not_overwritten_by_older_held_harvests():

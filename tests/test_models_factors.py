@@ -120,3 +120,26 @@ def test_gradnorm_bounds_and_exact_matches_loop(vowels):
         model(_double(vowels.batch(torch.tensor([i])))).loss[0].backward()
         loop.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())))
     assert torch.allclose(exact, torch.stack(loop), rtol=1e-6)
+
+
+def test_pending_factors_are_those_computed_batch_by_batch(vowels):
+    """Held classifier outputs, computed many steps in one call, give each batch exactly its own factors."""
+    model = _model(vowels, "gru")
+    outs = [model(_double(vowels.batch(torch.arange(start, start + 16)))) for start in (0, 16, 32)]
+    mask = torch.ones(16, 1, dtype=torch.bool)
+    mask[5] = False
+    counts, masks = (16, 8, 16), (None, mask, None)
+    pending = [
+        factors.harvest_fim(o.logits, o.hidden, o.targets, m, count=k)
+        for o, m, k in zip(outs, masks, counts, strict=True)
+    ]
+    assert all(isinstance(p, factors.PendingFactors) for p in pending)
+    together = factors.PendingFactors.compute(pending)
+    for o, m, k, got in zip(outs, masks, counts, together, strict=True):
+        alone = fim_factors(o.logits[:k], o.hidden[:k], o.targets[:k], None if m is None else m[:k])
+        assert torch.equal(got, alone)
+    # (B, K) outputs without a time axis, and sequence outputs, which are never held
+    flat = factors.harvest_fim(outs[0].logits[:, 0], outs[0].hidden[:, 0], outs[0].targets[:, 0])
+    assert torch.equal(factors.PendingFactors.compute([flat])[0], together[0])
+    lm = torch.randn(4, 7, 5), torch.randn(4, 7, 3), torch.randint(0, 5, (4, 7))
+    assert torch.equal(factors.harvest_fim(*lm, count=2), fim_factors(*(t[:2] for t in lm)))

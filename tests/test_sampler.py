@@ -38,6 +38,20 @@ def test_sumtree_updates_match_rebuild():
     assert np.array_equal(tree.find(u), expected)
 
 
+# 1000: every level recomputed whole; 20,483: the lowest levels node by node
+@pytest.mark.parametrize("size", [1000, 5 * 4096 + 3])
+def test_sumtree_updates_match_rebuild_at_every_width(size):
+    rng = np.random.default_rng(1)
+    values = rng.random(size)
+    tree = SumTree(values)
+    for _ in range(20):
+        idx = rng.integers(0, size, 64)
+        new = rng.random(64)
+        tree.update(idx, new)
+        values[idx] = new  # duplicates: the last wins, as in update
+    assert np.array_equal(tree.tree, SumTree(values).tree)
+
+
 def test_sumtree_never_returns_zero_leaf():
     tree = SumTree(np.array([0.0, 1.0, 0.0, 0.0, 2.0]))
     hits = tree.find(np.linspace(0, tree.total, 1001))

@@ -13,7 +13,8 @@ product directly (cost ~ T K H), whichever is cheaper for the shapes at hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -94,6 +95,62 @@ def _one_output_norms_numpy(logits: Tensor, hidden: Tensor, targets: Tensor, mas
     delta[np.arange(len(delta)), targets.numpy()] -= 1.0
     norms = np.sqrt(np.einsum("ij,ij->i", delta, delta) * (1.0 + np.einsum("ij,ij->i", h, h)))
     return torch.from_numpy(norms if mask is None else norms * mask.numpy())
+
+
+@dataclass(frozen=True)
+class PendingFactors:
+    """A classifier batch's FIM factors, not yet computed: the output layer's outputs
+    ``(B, [1,] K)``, inputs ``(B, [1,] H)``, targets and mask of the batch's first ``count``
+    sequences, held so that the miner computes many steps' factors in one call
+    (:meth:`compute`). On the CPU at classifier sizes each call's fixed cost outweighs its
+    arithmetic: a JapaneseVowels batch of 16 takes ~90 µs alone, a fifth of that in eights."""
+
+    logits: Tensor
+    hidden: Tensor
+    targets: Tensor
+    mask: Tensor | None
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def first(self, count: int) -> PendingFactors:
+        """The factors of the first ``count`` of these sequences, still pending."""
+        return replace(self, count=min(count, self.count))
+
+    @staticmethod
+    @torch.no_grad()
+    def compute(pending: Sequence[PendingFactors]) -> list[Tensor]:
+        """Each one's factors (exactly those :func:`fim_factors` gives it alone), from one call."""
+        if len({p.logits.dim() for p in pending}) > 1:
+            return [PendingFactors.compute([p])[0] for p in pending]
+
+        def joined(parts: list[Tensor]) -> Tensor:
+            pairs = zip(parts, pending, strict=True)
+            heads = [t if t.shape[0] == p.count else t[: p.count] for t, p in pairs]
+            whole = torch.cat(heads)
+            return whole[:, 0] if pending[0].logits.dim() == 3 else whole  # the time axis of one
+
+        mask = None
+        if any(p.mask is not None for p in pending):
+            ones = torch.ones_like  # a batch without a mask: every sequence real
+            mask = joined([ones(p.targets, dtype=torch.bool) if p.mask is None else p.mask for p in pending])
+        logits, hidden = joined([p.logits for p in pending]), joined([p.hidden for p in pending])
+        norms = _one_output_norms(logits, hidden, joined([p.targets for p in pending]), mask)
+        return list(torch.split(norms, [p.count for p in pending]))
+
+
+def harvest_fim(
+    logits: Tensor, hidden: Tensor, targets: Tensor, mask: Tensor | None = None, count: int | None = None
+) -> Tensor | PendingFactors:
+    """:func:`fim_factors` of the first ``count`` sequences (default: all), or, for a classifier
+    batch on the CPU, :class:`PendingFactors` for the miner to compute later with other steps'
+    (on a GPU nothing waits for them: they are computed at once)."""
+    count = logits.shape[0] if count is None else count
+    if logits.device.type == "cpu" and (logits.dim() == 2 or logits.shape[1] == 1):
+        return PendingFactors(logits.detach(), hidden.detach(), targets, mask, count)
+    mask = None if mask is None else mask[:count]
+    return fim_factors(logits[:count], hidden[:count], targets[:count], mask)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
+from seqis.importance.factors import PendingFactors
 from seqis.importance.noise import NoiseScale
 from seqis.importance.switch import (
     HarvestSample,
@@ -76,7 +77,7 @@ class PendingHarvest:
     same_regime: bool  # drawn in the regime in use: it joins the switch's sample and the noise scale
     grad_sq: float | Tensor | None = None
     index: Tensor | None = None  # None: a step whose factors were not harvested
-    factors: Tensor | None = None
+    factors: Tensor | PendingFactors | None = None  # pending: computed at the flush, with the others'
     weights: Tensor | None = None
     copied: torch.cuda.Event | None = None
 
@@ -84,12 +85,13 @@ class PendingHarvest:
         """The same harvest on the CPU, in tensors of its own (a caller may reuse its buffers);
         copies from a GPU are queued on that GPU's stream, not awaited."""
         parts = (self.grad_sq, self.index, self.factors, self.weights)
-        gpu = next((t.device for t in parts if isinstance(t, Tensor) and t.device.type == "cuda"), None)
-        host = [_host_copy(t, gpu is not None) if isinstance(t, Tensor) else t for t in parts]
+        gpu = next((t.device for t in parts if isinstance(t, Tensor) and t.is_cuda), None)
+        if gpu is None:  # the hot path of a CPU step: copies, nothing to queue
+            return PendingHarvest(self.step, self.same_regime, *[_cpu_copy(t) for t in parts])
+        host = [_host_copy(t) if isinstance(t, Tensor) else t for t in parts]
         held = PendingHarvest(self.step, self.same_regime, *host)
-        if gpu is not None:
-            held.copied = torch.cuda.Event()
-            held.copied.record(torch.cuda.current_stream(gpu))
+        held.copied = torch.cuda.Event()
+        held.copied.record(torch.cuda.current_stream(gpu))
         return held
 
     def wait(self) -> None:
@@ -103,10 +105,27 @@ class PendingHarvest:
         return {k: v for k, v in asdict(self).items() if k != "copied"}
 
 
-def _host_copy(tensor: Tensor, queued: bool) -> Tensor:
+def _compute_pending(harvests: list[PendingHarvest]) -> None:
+    """The held classifier factors of all these harvests, in one call (see PendingFactors)."""
+    waiting = [h for h in harvests if isinstance(h.factors, PendingFactors)]
+    if waiting:
+        computed = PendingFactors.compute([h.factors for h in waiting])
+        for harvest, factors in zip(waiting, computed, strict=True):
+            harvest.factors = factors
+
+
+def _cpu_copy(part):
+    if not isinstance(part, Tensor):
+        return part  # a float, a PendingFactors (whose tensors are the step's own), or None
+    if part.dim() == 0:
+        return float(part)  # |G_b|^2: on the CPU reading it waits for nothing
+    return part.detach().clone() if part.requires_grad else part.clone()
+
+
+def _host_copy(tensor: Tensor) -> Tensor:
     if tensor.device.type == "cpu":
         return tensor.detach().clone()
-    return tensor.detach().to("cpu", non_blocking=queued)
+    return tensor.detach().to("cpu", non_blocking=True)
 
 
 class Miner:
@@ -206,7 +225,7 @@ class Miner:
             return  # uniform to the end: nothing will be drawn from factors again
         same_regime = drawn_active == active
         grad_sq = batch_grad_sq if self.noise is not None and same_regime else None
-        weights = torch.ones(len(index)) if weights is None else weights
+        weights = torch.ones(index.shape[0]) if weights is None else weights
         if not drawn_active and step % self.config.switch_every:
             # Nothing is drawn from the factors while IS is off; the switch needs only a
             # uniform sample of them, and the rest of the harvest would be pure overhead.
@@ -215,12 +234,19 @@ class Miner:
         if not drawn_active:
             index, weights = index[: self.config.switch_sample], weights[: self.config.switch_sample]
         start = time.perf_counter()
-        factors = factors(len(index)) if callable(factors) else factors[: len(index)]
+        count = index.shape[0]
+        if callable(factors):
+            factors = factors(count)
+        else:
+            factors = factors.first(count) if isinstance(factors, PendingFactors) else factors[:count]
+        if self.ctx.enabled and isinstance(factors, PendingFactors):
+            factors = PendingFactors.compute([factors])[0]  # the gather needs them now
         if self.ctx.enabled:  # every rank records every rank's factors, so all samplers stay identical
             index = self.ctx.gather(index.to(factors.device))
             weights = self.ctx.gather(weights.to(factors.device, factors.dtype))
             factors = self.ctx.gather(factors)
-        held = PendingHarvest(step, same_regime, grad_sq, index, factors.detach(), weights).to_host()
+        factors = factors if isinstance(factors, PendingFactors) else factors.detach()
+        held = PendingHarvest(step, same_regime, grad_sq, index, factors, weights).to_host()
         self.harvest_time_s += time.perf_counter() - start  # flush() times itself
         self._hold(held)
 
@@ -237,9 +263,10 @@ class Miner:
         pending, self._pending = self._pending, []
         for harvest in pending:
             harvest.wait()
+        _compute_pending(pending)
         scored = [h for h in pending if h.index is not None]
         if scored:
-            steps = torch.cat([torch.full((len(h.index),), h.step, dtype=torch.long) for h in scored])
+            steps = np.repeat(np.array([h.step for h in scored]), [h.index.shape[0] for h in scored])
             self.sampler.record(
                 torch.cat([h.index for h in scored]), torch.cat([h.factors for h in scored]), steps
             )
@@ -258,48 +285,57 @@ class Miner:
         slots = [h for h in pending if h.same_regime]  # the same harvests on every rank
         if not slots:
             return
-        values = torch.tensor(
-            [math.nan if h.grad_sq is None else float(h.grad_sq) for h in slots], dtype=torch.float64
-        )
-        if self.ctx.enabled:
-            values = self.ctx.sum(values) / self.ctx.world  # a rank without a value: NaN, ignored
-        for value in values.tolist():
+        values = [math.nan if h.grad_sq is None else float(h.grad_sq) for h in slots]
+        if self.ctx.enabled:  # a rank without a value: NaN, ignored
+            values = (self.ctx.sum(torch.tensor(values, dtype=torch.float64)) / self.ctx.world).tolist()
+        for value in values:
             self.noise.observe_batch(value)
 
     def _observe(self, harvests: list[PendingHarvest]) -> None:
         """Add harvests of the regime in use, in order, to the switch's sample and the noise scale
-        (one pass over all of them; only the moving averages step harvest by harvest)."""
+        (array work once for all of them; only the moving averages step harvest by harvest)."""
+        n = len(harvests)
         sizes = [len(h.index) for h in harvests]
         s = torch.cat([h.factors for h in harvests]).double().numpy()
         w = torch.cat([h.weights for h in harvests]).double().numpy()
-        costs = self._costs(torch.cat([h.index for h in harvests]))
+        costs = self._costs(harvests, len(s))
         steps = np.repeat(np.array([h.step for h in harvests], dtype=np.float64), sizes)
-        group = np.repeat(np.arange(len(harvests)), sizes)
+        group = np.repeat(np.arange(n), sizes)
         good = np.isfinite(s) & (s >= 0) & np.isfinite(w)
-        s, w, costs, steps, group = s[good], w[good], costs[good], steps[good], group[good]
-        count = np.bincount(group, minlength=len(harvests))
-        ws, w_sum = np.bincount(group, w * s, len(harvests)), np.bincount(group, w, len(harvests))
+        if not good.all():
+            s, w, costs, steps, group = s[good], w[good], costs[good], steps[good], group[good]
+        count = np.bincount(group, minlength=n)
+        ws, w_sum = np.bincount(group, w * s, n), np.bincount(group, w, n)
         if self.noise is not None:
             predicted = None if self.sampler.active else self.switch.predicted_gain
-            uniform_sq = np.bincount(group, w * s * s, len(harvests))
-            drawn_sq = np.bincount(group, w * w * s * s, len(harvests))
-            for i in np.flatnonzero(count):
-                self.noise.observe_moments(uniform_sq[i] / count[i], drawn_sq[i] / count[i], predicted)
-        ends = np.cumsum(count)
-        for i, end in enumerate(ends):
-            # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
-            # sees the spread across sequences, not the drift of the scale as the model learns.
-            mean = float(ws[i] / w_sum[i]) if count[i] else 0.0  # uniform's mean, unbiased
+            uniform_sq = np.bincount(group, w * s * s, n)
+            drawn_sq = np.bincount(group, w * w * s * s, n)
+            seen = np.flatnonzero(count)
+            uniform, drawn = uniform_sq[seen] / count[seen], drawn_sq[seen] / count[seen]
+            moments = zip(uniform.tolist(), drawn.tolist(), strict=True)
+            for uniform, drawn in moments:
+                self.noise.observe_moments(uniform, drawn, predicted)
+        # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate
+        # sees the spread across sequences, not the drift of the scale as the model learns.
+        means = np.divide(ws, w_sum, out=np.zeros(n), where=count > 0)  # uniform's mean, unbiased
+        scales = np.zeros(n)
+        for i, mean in enumerate(means.tolist()):
             if mean > 0:
                 self._scale = mean if self._scale is None else 0.7 * self._scale + 0.3 * mean
-                part = slice(end - count[i], end)
-                self._recent.append(np.stack([steps[part], s[part] / self._scale, w[part], costs[part]]))
+                scales[i] = self._scale
+        kept = scales[group] > 0
+        if not kept.all():
+            steps, s, w, costs, group = steps[kept], s[kept], w[kept], costs[kept], group[kept]
+        if len(s):
+            rows = np.stack([steps, s / scales[group], w, costs])
+            ends = np.cumsum(count[scales > 0]).tolist()
+            self._recent.extend(rows[:, start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True))
 
-    def _costs(self, index: Tensor) -> np.ndarray:
+    def _costs(self, harvests: list[PendingHarvest], count: int) -> np.ndarray:
         """Per-sequence costs of cost-aware draws (lengths), else ones."""
         if self.config.cost_aware and self.lengths is not None:
-            return self.lengths[index].double().numpy()
-        return np.ones(len(index))
+            return self.lengths[torch.cat([h.index for h in harvests])].double().numpy()
+        return np.ones(count)
 
     def after_step(self, step: int) -> None:
         """Refresh stale factors and revisit the switch; call once per training step."""
@@ -453,6 +489,7 @@ class Miner:
         return "whole gradient" if self.config.factor == "exact" else "output layer"
 
     def state_dict(self) -> dict:
+        _compute_pending(self._pending)  # a checkpoint holds factors, not the outputs they come from
         return {
             "sweep_cursor": self._sweep_cursor,
             "refresh_credit": self._refresh_credit,

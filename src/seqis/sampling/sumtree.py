@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# A level this narrow costs less recomputed whole (one array call) than node by node (several):
+# the calls' fixed cost, not the additions, is what a batch's update pays at these sizes.
+WHOLE_LEVEL = 4096
+
 
 class SumTree:
     """Scores ``values[i] >= 0``; :meth:`find` maps ``u in [0, total)`` to a leaf.
@@ -53,11 +57,17 @@ class SumTree:
     def update(self, leaves: np.ndarray, values: np.ndarray) -> None:
         """Set ``values`` at ``leaves`` (duplicates: the last wins) in O(b log N)."""
         nodes = np.asarray(leaves, dtype=np.int64) + self.capacity
-        self.tree[nodes] = values
-        # Recomputing a parent twice gives the same sum, so duplicate nodes need no dedup.
-        for _ in range(self.depth):
+        tree = self.tree
+        tree[nodes] = values
+        lo = self.capacity
+        while lo > 1:
+            lo //= 2  # the parents' level: nodes lo .. 2 lo - 1
+            if lo <= WHOLE_LEVEL:  # every level above is narrower still: recompute them whole
+                np.add(tree[2 * lo : 4 * lo : 2], tree[2 * lo + 1 : 4 * lo : 2], out=tree[lo : 2 * lo])
+                continue
+            # Recomputing a parent twice gives the same sum, so duplicate nodes need no dedup.
             nodes >>= 1
-            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+            tree[nodes] = tree[2 * nodes] + tree[2 * nodes + 1]
 
     def find(self, u: np.ndarray) -> np.ndarray:
         """Leaves whose cumulative range holds each ``u``; never a zero-score leaf."""

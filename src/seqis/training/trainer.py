@@ -26,7 +26,7 @@ from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
-from seqis.importance.factors import HARVESTERS, exact_factors, score
+from seqis.importance.factors import HARVESTERS, exact_factors, harvest_fim, score
 from seqis.models.rnn import ModelOutput, RecurrentModel
 from seqis.training.checkpoint import (
     checkpoint_dir,
@@ -153,6 +153,8 @@ def batch_factors(kind: str, model, data: SequenceData, device, batch, output: M
     """``k -> factors`` of the first k sequences of the batch just trained, from its forward pass."""
     if kind == "exact":  # true per-sequence gradients: a pass of their own
         return lambda k: exact_factors(model, data.batch(batch.index[:k].cpu()).to(device))
+    if kind == "fim":  # a classifier's are computed by the miner, many steps at a time
+        return lambda k: harvest_fim(output.logits, output.hidden, output.targets, output.mask, count=k)
     return lambda k: HARVESTERS[kind](output.head(k))
 
 
