@@ -33,7 +33,9 @@ SHORTHANDS = {
 SAMPLER_NAMES = (*SCHEMES, *SHORTHANDS)
 # A variance cut g acts like a g times larger batch; larger batches take larger learning rates:
 # linearly for SGD, about as the square root for Adam (Johnson & Guestrin 2018 scale by the gain).
-LR_RULES = {"none": None, "sqrt": 0.5, "linear": 1.0}
+# The multiplier's power of the delivered cut; "auto" is resolved by the run's schedule
+# (TrainConfig): linear under a decaying one, where the races measured it best, else none.
+LR_RULES = {"none": None, "sqrt": 0.5, "linear": 1.0, "auto": None}
 # Presampling's pool is r b candidates, a forward pass each: r = 3 until the noise scale is
 # known, then the r of PRESAMPLE_RATIOS whose predicted step gain beats its cost by the most.
 PRESAMPLE_RATIO = 3
@@ -70,7 +72,10 @@ class MiningConfig:
     always_on: bool = option(False, "never fall back to uniform (no switch)")
     cost_aware: bool = option(False, "draw p ~ factor / sqrt(length): least variance per unit of work")
     lr_scale: str = option(
-        "none", "while IS is on, scale the lr by rule(variance cut): sqrt suits Adam", choices=tuple(LR_RULES)
+        "auto",
+        "while IS is on, scale the lr by rule(variance cut); auto: linear under a decaying --schedule, "
+        "none at a constant rate (and in your own loop, whose learning rate is yours)",
+        choices=tuple(LR_RULES),
     )
     lr_scale_max: float = option(2.0, "bound on the --lr-scale multiplier (>= 1)")
     prune_ratio: float = option(0.5, "prune: probability of skipping a below-mean sequence in an epoch")

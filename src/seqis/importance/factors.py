@@ -97,7 +97,7 @@ def _one_output_norms_numpy(logits: Tensor, hidden: Tensor, targets: Tensor, mas
     return torch.from_numpy(norms if mask is None else norms * mask.numpy())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compared by identity
 class PendingFactors:
     """A classifier batch's FIM factors, not yet computed: the output layer's outputs
     ``(B, [1,] K)``, inputs ``(B, [1,] H)``, targets and mask of the batch's first ``count``
@@ -122,6 +122,8 @@ class PendingFactors:
     @torch.no_grad()
     def compute(pending: Sequence[PendingFactors]) -> list[Tensor]:
         """Each one's factors (exactly those :func:`fim_factors` gives it alone), from one call."""
+        if not pending:
+            return []
         if len({p.logits.dim() for p in pending}) > 1:
             return [PendingFactors.compute([p])[0] for p in pending]
 
@@ -133,8 +135,8 @@ class PendingFactors:
 
         mask = None
         if any(p.mask is not None for p in pending):
-            ones = torch.ones_like  # a batch without a mask: every sequence real
-            mask = joined([ones(p.targets, dtype=torch.bool) if p.mask is None else p.mask for p in pending])
+            real = torch.ones_like  # a batch without a mask: every sequence real
+            mask = joined([real(p.targets, dtype=torch.bool) if p.mask is None else p.mask for p in pending])
         logits, hidden = joined([p.logits for p in pending]), joined([p.hidden for p in pending])
         norms = _one_output_norms(logits, hidden, joined([p.targets for p in pending]), mask)
         return list(torch.split(norms, [p.count for p in pending]))
@@ -146,7 +148,7 @@ def harvest_fim(
     """:func:`fim_factors` of the first ``count`` sequences (default: all), or, for a classifier
     batch on the CPU, :class:`PendingFactors` for the miner to compute later with other steps'
     (on a GPU nothing waits for them: they are computed at once)."""
-    count = logits.shape[0] if count is None else count
+    count = logits.shape[0] if count is None else min(count, logits.shape[0])
     if logits.device.type == "cpu" and (logits.dim() == 2 or logits.shape[1] == 1):
         return PendingFactors(logits.detach(), hidden.detach(), targets, mask, count)
     mask = None if mask is None else mask[:count]

@@ -61,7 +61,9 @@ class FactorStore(Protocol):
     records_may_lag: bool  # factors may arrive a few steps late (held harvests)
     repaired: int
 
-    def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None: ...
+    def record(
+        self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor | np.ndarray = 0
+    ) -> None: ...
 
     @property
     def coverage(self) -> float: ...
@@ -82,16 +84,19 @@ class PendingHarvest:
     copied: torch.cuda.Event | None = None
 
     def to_host(self) -> PendingHarvest:
-        """The same harvest on the CPU, in tensors of its own (a caller may reuse its buffers);
-        copies from a GPU are queued on that GPU's stream, not awaited."""
+        """The same harvest on the CPU, in tensors of its own (a caller may reuse its buffers;
+        pending factors hold the step's own outputs, which the trainer never reuses); copies
+        from a GPU are queued on that GPU's stream, not awaited."""
         parts = (self.grad_sq, self.index, self.factors, self.weights)
-        gpu = next((t.device for t in parts if isinstance(t, Tensor) and t.is_cuda), None)
-        if gpu is None:  # the hot path of a CPU step: copies, nothing to queue
+        devices = {t.device.type for t in parts if isinstance(t, Tensor)}
+        if devices <= {"cpu"}:  # the hot path of a CPU step: copies, nothing to queue
             return PendingHarvest(self.step, self.same_regime, *[_cpu_copy(t) for t in parts])
         host = [_host_copy(t) if isinstance(t, Tensor) else t for t in parts]
         held = PendingHarvest(self.step, self.same_regime, *host)
-        held.copied = torch.cuda.Event()
-        held.copied.record(torch.cuda.current_stream(gpu))
+        gpu = next((t.device for t in parts if isinstance(t, Tensor) and t.is_cuda), None)
+        if gpu is not None:  # other accelerators' copies (MPS, XPU) are synchronous
+            held.copied = torch.cuda.Event()
+            held.copied.record(torch.cuda.current_stream(gpu))
         return held
 
     def wait(self) -> None:
@@ -102,6 +107,9 @@ class PendingHarvest:
 
     def state_dict(self) -> dict:
         self.wait()
+        _compute_pending([self])  # a checkpoint holds factors, not the outputs they come from
+        if isinstance(self.factors, Tensor):
+            self.factors = self.factors.clone()  # not a view that would save its neighbours' too
         return {k: v for k, v in asdict(self).items() if k != "copied"}
 
 
@@ -114,7 +122,7 @@ def _compute_pending(harvests: list[PendingHarvest]) -> None:
             harvest.factors = factors
 
 
-def _cpu_copy(part):
+def _cpu_copy(part: Tensor | PendingFactors | float | None) -> Tensor | PendingFactors | float | None:
     if not isinstance(part, Tensor):
         return part  # a float, a PendingFactors (whose tensors are the step's own), or None
     if part.dim() == 0:
@@ -125,7 +133,7 @@ def _cpu_copy(part):
 def _host_copy(tensor: Tensor) -> Tensor:
     if tensor.device.type == "cpu":
         return tensor.detach().clone()
-    return tensor.detach().to("cpu", non_blocking=True)
+    return tensor.detach().to("cpu", non_blocking=tensor.is_cuda)
 
 
 class Miner:
@@ -201,7 +209,7 @@ class Miner:
     def harvest(
         self,
         index: Tensor,
-        factors: Tensor | Callable[[int], Tensor],
+        factors: Tensor | PendingFactors | Callable[[int], Tensor | PendingFactors],
         step: int,
         weights: Tensor | None = None,
         batch_grad_sq: float | Tensor | None = None,
@@ -311,8 +319,8 @@ class Miner:
             uniform_sq = np.bincount(group, w * s * s, n)
             drawn_sq = np.bincount(group, w * w * s * s, n)
             seen = np.flatnonzero(count)
-            uniform, drawn = uniform_sq[seen] / count[seen], drawn_sq[seen] / count[seen]
-            moments = zip(uniform.tolist(), drawn.tolist(), strict=True)
+            uniform_means, drawn_means = uniform_sq[seen] / count[seen], drawn_sq[seen] / count[seen]
+            moments = zip(uniform_means.tolist(), drawn_means.tolist(), strict=True)
             for uniform, drawn in moments:
                 self.noise.observe_moments(uniform, drawn, predicted)
         # Divided by a moving average of the factors' scale (~3 harvests), so the gain estimate

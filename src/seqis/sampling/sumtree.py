@@ -55,7 +55,8 @@ class SumTree:
         return self.tree[self.capacity : self.capacity + self.size]
 
     def update(self, leaves: np.ndarray, values: np.ndarray) -> None:
-        """Set ``values`` at ``leaves`` (duplicates: the last wins) in O(b log N)."""
+        """Set ``values`` at ``leaves`` (duplicates: the last wins): O(b log N) node updates below
+        the ``WHOLE_LEVEL`` widest level, O(min(N, 2 WHOLE_LEVEL)) additions above it."""
         nodes = np.asarray(leaves, dtype=np.int64) + self.capacity
         tree = self.tree
         tree[nodes] = values

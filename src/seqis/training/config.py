@@ -101,6 +101,12 @@ class TrainConfig:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
+        if self.mining.lr_scale == "auto":
+            # Under a decay the cut comes late, at a low rate; scaled with it, the rate keeps the
+            # cut's worth (Fashion-MNIST 1.16x lossless against 1.09x, its 8,000 rows 1.07x against
+            # 0.99x). At a constant rate the scaled one fits sooner and generalises worse.
+            scaled = "linear" if self.schedule != "constant" else "none"
+            self.mining = replace(self.mining, lr_scale=scaled)
         # Padded batches cost the longest sequence whatever is drawn: cost-aware draws would only
         # add variance there.
         check(

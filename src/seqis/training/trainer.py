@@ -16,9 +16,11 @@ import math
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -26,7 +28,7 @@ from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
-from seqis.importance.factors import HARVESTERS, exact_factors, harvest_fim, score
+from seqis.importance.factors import HARVESTERS, PendingFactors, exact_factors, harvest_fim, score
 from seqis.models.rnn import ModelOutput, RecurrentModel
 from seqis.training.checkpoint import (
     checkpoint_dir,
@@ -149,8 +151,11 @@ def forward_scorer(kind: str, model: torch.nn.Module, data: SequenceData, device
     return score_fn
 
 
-def batch_factors(kind: str, model, data: SequenceData, device, batch, output: ModelOutput):
-    """``k -> factors`` of the first k sequences of the batch just trained, from its forward pass."""
+def batch_factors(
+    kind: str, model, data: SequenceData, device, batch, output: ModelOutput
+) -> Callable[[int], Tensor | PendingFactors]:
+    """``k -> factors`` of the first k sequences of the batch just trained, from its forward pass
+    (a classifier's on the CPU pending: the miner computes them with other steps')."""
     if kind == "exact":  # true per-sequence gradients: a pass of their own
         return lambda k: exact_factors(model, data.batch(batch.index[:k].cpu()).to(device))
     if kind == "fim":  # a classifier's are computed by the miner, many steps at a time
