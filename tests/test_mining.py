@@ -258,3 +258,14 @@ def test_every_rank_feeds_the_noise_scale_the_ranks_mean_gradient_norm():
         return miner.noise.batch_sq
 
     assert noise_after(_PartnerTwiceAsNoisy(), 1.0) == pytest.approx(noise_after(None, 1.5), rel=1e-12)
+
+
+def test_a_held_harvest_saves_its_own_factors_not_the_outputs_they_come_from():
+    from seqis.importance.mining import PendingHarvest
+
+    logits, hidden, targets = torch.randn(6, 1, 4), torch.randn(6, 1, 3), torch.randint(0, 4, (6, 1))
+    pending = factors.harvest_fim(logits, hidden, targets, count=4)
+    held = PendingHarvest(7, True, 1.5, torch.arange(4), pending, torch.ones(4)).to_host()
+    state = held.state_dict()
+    assert torch.equal(state["factors"], factors.fim_factors(logits[:4], hidden[:4], targets[:4]))
+    assert state["factors"].untyped_storage().size() == 4 * state["factors"].element_size()

@@ -405,3 +405,23 @@ def test_noise_scale_stays_unbiased_while_presampling_draws():
     assert noise.variance_cut == pytest.approx(1.0 / (1.0 / r + 1.0 / within_pool), rel=1e-9)
     noise.pool_ratio = None
     assert noise.noise_scale < true_b / 5
+
+
+def test_lr_scale_auto_is_linear_under_a_decay_and_none_at_a_constant_rate():
+    from seqis.training.config import TrainConfig
+
+    assert TrainConfig(steps=100, schedule="cosine").mining.lr_scale == "linear"
+    assert TrainConfig(steps=100, schedule="linear").mining.lr_scale == "linear"
+    assert TrainConfig(steps=100, warmup=10).mining.lr_scale == "none"  # a warm-up to a constant rate
+    kept = TrainConfig(steps=100, schedule="cosine", mining=MiningConfig(lr_scale="none"))
+    assert kept.mining.lr_scale == "none"
+    assert TrainConfig.from_dict(kept.to_dict()).mining.lr_scale == "none"  # resumes as it ran
+
+
+def test_unresolved_auto_scales_nothing_as_none_does():
+    """Outside the trainer (a user's own Miner) nothing knows the schedule: auto is none."""
+    auto, none = (Switch(MiningConfig(lr_scale=rule), 64, cost=0.05) for rule in ("auto", "none"))
+    for switch in (auto, none):
+        switch.update_lr_multiplier(4.0, active=True)
+    assert auto.lr_multiplier == none.lr_multiplier == 1.0
+    assert auto.predicted_step_gain(2.0, 200.0) == none.predicted_step_gain(2.0, 200.0)
