@@ -21,7 +21,6 @@ import torch
 
 from seqis.errors import CheckpointError
 from seqis.experiments.plots import plot_histogram, plot_noise
-from seqis.importance.config import LR_RULES
 from seqis.importance.factors import score
 from seqis.importance.mining import NOISE_FACTORS
 from seqis.importance.noise import NoiseScale, predicted_step_gain
@@ -125,12 +124,11 @@ def _verdict(config, s, gain, b_noise, step_gain, cost, pays) -> str:
         f"ceiling E[s²]/E[s]² = {ceiling(s):.3f}, cut predicted at smoothing {mining.smoothing}: {gain:.3f}. "
     )
     if b_noise is not None:
-        scaled = LR_RULES[mining.lr_scale] is not None
         text += (
             f"Gradient noise scale B = {b_noise:.0f} sequences at batch {config.batch_size}: the cut "
             "predicts "
             f"{step_gain:.3f}x fewer steps "
-            + ("with the learning rate scaled" if scaled else "at the same learning rate")
+            + ("with the learning rate scaled" if mining.scales_lr else "at the same learning rate")
             + ", against a predicted mining cost of "
             f"{cost:.1%}. "
         )

@@ -171,3 +171,8 @@ class MiningConfig:
     def has_switch(self) -> bool:
         """Whether the on/off switch decides (pruning starts after warm-up and stays on)."""
         return self.sampler in ("importance", "presample") and not self.always_on
+
+    @property
+    def scales_lr(self) -> bool:
+        """Whether the learning rate follows the delivered cut (auto, unresolved, does not)."""
+        return LR_RULES[self.lr_scale] is not None

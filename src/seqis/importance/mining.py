@@ -247,9 +247,9 @@ class Miner:
             factors = factors(count)
         else:
             factors = factors.first(count) if isinstance(factors, PendingFactors) else factors[:count]
-        if self.ctx.enabled and isinstance(factors, PendingFactors):
-            factors = PendingFactors.compute([factors])[0]  # the gather needs them now
         if self.ctx.enabled:  # every rank records every rank's factors, so all samplers stay identical
+            if isinstance(factors, PendingFactors):
+                factors = PendingFactors.compute([factors])[0]  # the gather needs them now
             index = self.ctx.gather(index.to(factors.device))
             weights = self.ctx.gather(weights.to(factors.device, factors.dtype))
             factors = self.ctx.gather(factors)

@@ -270,7 +270,7 @@ class Switch:
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
-        retuned = LR_RULES[self.config.lr_scale] is not None
+        retuned = self.config.scales_lr
         return predicted_step_gain(noise_scale, gain, self.batch_size, retuned)
 
     def keeps_paying(self, gain: float, noise_scale: float | None) -> bool:

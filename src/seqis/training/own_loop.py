@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from seqis.distributed import DistContext
-from seqis.importance.config import LR_RULES, MiningConfig
+from seqis.importance.config import MiningConfig
 from seqis.importance.hooks import OutputLayerNorms
 from seqis.importance.scoring import PerSequenceLoss, output_layer_scorer, to_device
 from seqis.options import check
@@ -301,7 +301,7 @@ def _check_config(config: MiningConfig) -> None:
         f"the {config.factor} factor needs seqis train",
     )
     check(
-        LR_RULES[config.lr_scale] is None,  # "auto" is none here: the learning rate is the loop's
+        not config.scales_lr,  # "auto" is none here: the learning rate is the loop's
         "lr_scale changes the learning rate, which your loop (or scheduler) owns: refused here",
     )
 
