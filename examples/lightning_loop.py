@@ -38,6 +38,20 @@ def pad_collate(items):
     return pad_sequence(list(sequences), batch_first=True), lengths, torch.stack(list(labels))
 
 
+class Vowels(pl.LightningDataModule):
+    """The loaders come from train_dataloader(): the callback wraps what it returns."""
+
+    def __init__(self, train, val):
+        super().__init__()
+        self.train, self.val = train, val
+
+    def train_dataloader(self):
+        return self.train
+
+    def val_dataloader(self):
+        return self.val
+
+
 class VowelClassifier(pl.LightningModule):
     def __init__(self, features, classes, label_smoothing=0.1, hidden=64, embed=32):
         super().__init__()
@@ -87,7 +101,7 @@ def main(steps=300, devices=1, out="runs/lightning", resume=None, always_on=Fals
         enable_model_summary=False,
         logger=False,
     )
-    trainer.fit(model, train, val, ckpt_path=resume)
+    trainer.fit(model, datamodule=Vowels(train, val), ckpt_path=resume)
     val_loss = trainer.validate(model, val, verbose=False)[0]["val_loss"]
     if trainer.is_global_zero:
         print(f"validation loss after {trainer.global_step} steps: {val_loss:.4f}, "

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from seqis.experiments.analysis import FRACTIONS
-from seqis.experiments.budgets import TOLERANCE_RULE, equivalent_cell, saving_cell
-from seqis.experiments.report import CELL_RULE, cell, write_report
+from seqis.experiments.report import write_report
+from seqis.experiments.tables import CELL_RULE, TOLERANCE_RULE, cell, equivalent_cell, saving_cell
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: this file is ROOT/scripts/results.py
 RESULTS = Path("docs") / "results"  # relative: reports show the command as a user types it
@@ -317,15 +317,20 @@ def prediction_check(link_prefix: str = "") -> str:
         "| under its schedule | within ±25% |",
         "|---|---|---|---|---|---|---|",
     ]
-    hits = total = scheduled_hits = scheduled_total = 0
+    hits = total = scheduled_hits = scheduled_total = stayed_off = 0
     for name in EXPERIMENTS:
         result = finished(name)
         if result is None or name.endswith("-pilot"):  # one seed, one budget: for the lr grid
             continue
         # importance samplers only: uniform, subset and pruning predict no step gain
         for sampler in [s for s in result["samplers"] if s not in ("uniform", "subset") and s[:5] != "prune"]:
-            predicted, measured, kind = _prediction_pair(name, result, sampler)
+            predicted, measured, kind = _prediction_pair(result, sampler)
             if predicted is None or measured is None:
+                continue
+            link = f"| [{name}]({link_prefix}{name}/report.md) | {sampler} "
+            if _stayed_off(result, sampler):  # 1.00 predicted, uniform's own runs measured: no test
+                stayed_off += 1
+                rows.append(link + f"| {predicted:.2f} | {measured:.2f} | – (never on) | – | – |")
                 continue
             verdict = _within(predicted, measured, kind)
             hits, total = hits + verdict.startswith("yes"), total + 1
@@ -336,16 +341,23 @@ def prediction_check(link_prefix: str = "") -> str:
                 scheduled_total += 1
             mark = {"lower": "≥", "upper": "≤"}.get(kind, "")
             rows.append(
-                f"| [{name}]({link_prefix}{name}/report.md) | {sampler} | {predicted:.2f} "
-                f"| {mark}{measured:.2f} | {verdict} "
+                link + f"| {predicted:.2f} | {mark}{measured:.2f} | {verdict} "
                 f"| {'–' if scheduled is None else f'{scheduled:.2f}'} | {scheduled_verdict} |"
             )
-    if not total:
+    if not total + stayed_off:
         return ""
     return "\n".join(rows) + (
-        f"\n\nWithin ±25% (or not excluded by a bound): {hits} of {total}; under its schedule: "
-        f"{scheduled_hits} of the {scheduled_total} races that recorded one."
+        f"\n\nImportance sampling was on in {total} races: {hits} within ±25% (or not excluded by a "
+        f"bound); under its schedule, {scheduled_hits} of the {scheduled_total} of them that recorded "
+        f"one. In {stayed_off} races the switch kept it off: predicted 1.00 and measured as uniform "
+        "by construction, they test nothing and are not counted."
     )
+
+
+def _stayed_off(result: dict, sampler: str) -> bool:
+    """Whether importance sampling never switched on in the sampler's full-budget runs."""
+    runs = _full_budget_runs(result, sampler)
+    return bool(runs) and max(r["is_active_share"] for r in runs) == 0
 
 
 def _scheduled_prediction(result: dict, sampler: str) -> float | None:
@@ -360,12 +372,12 @@ def _full_budget_runs(result: dict, sampler: str) -> list[dict]:
     return [r for r in runs if r.get("budget") in (1, 1.0, None)]
 
 
-def _prediction_pair(name: str, result: dict, sampler: str) -> tuple[float | None, float | None, str]:
+def _prediction_pair(result: dict, sampler: str) -> tuple[float | None, float | None, str]:
     runs = _full_budget_runs(result, sampler)
     if not runs:
         return None, None, "exact"
-    args = EXPERIMENTS[name].split()
-    retuned = "--lr-scale" in args and args[args.index("--lr-scale") + 1] != "none"
+    # The rule each run scaled its rate by, from its own config (auto is resolved there).
+    retuned = any(r.get("lr_scale", "none") not in ("none", "auto") for r in runs)
     key = "predicted_step_gain_lr_retuned" if retuned else "predicted_step_gain"
     gains = [r[key] for r in runs if r.get(key) is not None]
     if max(r["is_active_share"] for r in runs) == 0:

@@ -108,7 +108,7 @@ def resume_choice(out_path: str) -> None:
     from seqis.training.checkpoint import list_checkpoints
 
     config = trainer.TrainConfig(
-        data="digits:rows", steps=40, batch_size=8, eval_every=20, checkpoint_every=20,
+        data="digits:rows", steps=60, stop_at=40, batch_size=8, eval_every=20, checkpoint_every=20,
         keep_checkpoints=3, device="cpu", out=out_path, progress=False, tensorboard=False,
     ).with_sampler("fim")  # fmt: skip
     config.model.hidden_size, config.model.num_layers = 8, 1
@@ -117,7 +117,7 @@ def resume_choice(out_path: str) -> None:
     if int(os.environ["RANK"]) == 1:  # this rank's view lags: it would pick the older file
         oldest = list_checkpoints(out_path)[0]
         trainer.load_latest = lambda out: (trainer.load_checkpoint(oldest), oldest)
-    config.steps = 60
+    config.stop_at = None  # the segment ends; the run goes on to its planned 60 steps
     trainer.train(config, resume=True)
     close_group()
 
@@ -241,6 +241,32 @@ def own_loop(out_path: str) -> None:
     close_group()
 
 
+def validation_on_rank_zero(out_path: str) -> None:
+    """A user's own DDP loop that validates on rank 0 alone: observe_validation must not be a
+    collective there (gloo aborted on the mismatch), and both ranks' watches must agree after the
+    next switch decision."""
+    from seqis.importance.config import MiningConfig
+    from seqis.importance.mining import Miner
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    sampler = ImportanceSampler(range(64), batch_size=8, seed=0)
+    miner = Miner(sampler, MiningConfig(warmup_steps=10, check_every=10, val_patience=1))
+    for step in range(30):
+        index, weights = sampler.draw()
+        mine = slice(4 * rank, 4 * rank + 4)  # this rank's half of the global batch
+        miner.harvest(index[mine], torch.rand(4) + 0.5, step, weights[mine])
+        miner.after_step(step)
+        if rank == 0 and step in (4, 14):
+            miner.observe_validation(step + 1, 0.5 + step / 100, 0.4)
+    watches = [None, None]
+    dist.all_gather_object(watches, miner.switch.watch.state_dict())
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump({"same_watch": watches[0] == watches[1], "best": watches[1]["best"]}, f)
+    close_group()
+
+
 if __name__ == "__main__":
     modes = {
         "draws": draws,
@@ -248,5 +274,6 @@ if __name__ == "__main__":
         "resume_choice": resume_choice,
         "rank_aware": rank_aware,
         "own_loop": own_loop,
+        "validation_on_rank_zero": validation_on_rank_zero,
     }
     modes[sys.argv[1]](sys.argv[2])

@@ -2,7 +2,8 @@
 
 import pytest
 
-from seqis.experiments.budgets import analyse_budgets, budget_section, equivalent_cell, saving_cell
+from seqis.experiments.budgets import analyse_budgets
+from seqis.experiments.tables import budget_section, equivalent_cell, saving_cell
 
 BUDGETS = (1.0, 0.8, 0.67, 0.5)
 

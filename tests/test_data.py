@@ -146,5 +146,5 @@ def test_train_size_keeps_a_seeded_subset_and_the_same_validation():
     assert torch.equal(small.val_idx, full.val_idx)
     assert set(small.train_idx.tolist()) <= set(full.train_idx.tolist())
     assert len(load_data("digits", DataOptions(train_size=10**6)).train_idx) == len(full.train_idx)
-    with pytest.raises(ConfigError, match="train-size"):
+    with pytest.raises(ConfigError, match="DataOptions.train_size"):
         DataOptions(train_size=0)

@@ -125,3 +125,10 @@ def test_importance_loader_in_a_users_own_ddp_loop(tmp_path):
         "same_noise_scale_input": True,  # so every rank's switch judges the same B
         "refreshed": True,  # the forward-only scorer ran, split across ranks
     }
+
+
+def test_validating_on_rank_zero_alone_is_safe_in_a_users_own_ddp_loop(tmp_path):
+    result = tmp_path / "validation.json"
+    proc = torchrun(str(HERE / "ddp_worker.py"), "validation_on_rank_zero", str(result), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    assert json.loads(result.read_text()) == {"same_watch": True, "best": pytest.approx(0.54)}

@@ -169,19 +169,48 @@ def test_diagnose_end_to_end(tmp_path, capsys):
     assert main(["diagnose", "--data", "digits:rows", "--steps", "60", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "diagnosis.json").read_text())
     assert report["ceiling"] >= 1.0 and report["cost_ratio"] > 0
-    b_noise = report["noise_scale"]
-    assert b_noise > 0 and 1.0 <= report["predicted_step_gain"] <= 1 + b_noise / 64
-    assert (out / "factors.png").stat().st_size > 500 and (out / "noise.png").stat().st_size > 500
-    assert "ceiling" in capsys.readouterr().out
-    # judge an existing run's checkpoint instead of training again
+    judgement = report["judgement"]
+    assert judgement["step"] == 60 and judgement["noise_scale"] > 0
+    assert 1.0 <= judgement["step_gain"] <= 1 + judgement["noise_scale"] / 64
+    assert f"{judgement['step_gain']:.3f}x fewer steps" in report["verdict"]
+    assert (out / "factors.png").stat().st_size > 500 and (out / "switch.png").stat().st_size > 500
+    assert "after 60 steps the switch keeps importance sampling" in capsys.readouterr().out
+    # judge an existing run's newest checkpoint, with its own settings, instead of training again
     again = tmp_path / "again"
-    assert (
-        main(["diagnose", "--data", "digits:rows", "--checkpoint", str(out), "--out", str(again), *TINY]) == 0
-    )
-    assert json.loads((again / "diagnosis.json").read_text())["trained_steps"] == 60
-    wrong = ["diagnose", "--data", "digits:rows", "--checkpoint", str(out), "--out", str(again)]
-    assert main([*wrong, *TINY[2:], "--hidden", "32", "--layers", "1"]) == 2
-    assert "does not fit this model" in capsys.readouterr().err
+    assert main(["diagnose", "--checkpoint", str(out), "--out", str(again), *TINY]) == 0
+    assert json.loads((again / "diagnosis.json").read_text())["judgement"] == judgement
+    assert main(["diagnose", "--checkpoint", str(tmp_path / "nothing"), "--out", str(again)]) == 2
+    assert "no saved run configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--anneal", "0.25"],  # the uniform tail from step 150: the miner's, not a second rule
+        ["--sampler", "presample"],  # the pool the switch sized, and its cost
+        ["--pack", "--cost-aware"],
+    ],
+)
+def test_diagnose_says_what_train_decides_at_the_same_step(tmp_path, extra):
+    """Train straight through a 200-step plan; diagnose the same run at its decisions and in the
+    uniform tail, by training the first steps itself and from a segment's checkpoint: the switch
+    state diagnose reports is the one train was in after those steps."""
+    run = ["--data", "digits:rows", "--steps", "200", "--eval-every", "10", "--batch-size", "32"]
+    run += ["--schedule", "cosine", "--lr", "0.01", *TINY, *extra]  # the switch turns on by step 100
+    assert main(["train", *run, "--out", str(tmp_path / "straight")]) == 0
+    rows = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    active = {int(r.split(",")[0]): r.split(",")[header.index("is_active")] == "1" for r in rows[1:]}
+    for step in (100, 160):
+        out = tmp_path / f"diagnose-{step}"
+        assert main(["diagnose", *run, "--stop-at", str(step), "--out", str(out)]) == 0
+        judged = json.loads((out / "diagnosis.json").read_text())["judgement"]
+        assert judged["step"] == step and judged["active"] == active[step], (step, judged)
+    segment = tmp_path / "segment"
+    assert main(["train", *run, "--stop-at", "100", "--out", str(segment)]) == 0
+    assert main(["diagnose", "--checkpoint", str(segment), "--out", str(tmp_path / "from-checkpoint")]) == 0
+    judged = json.loads((tmp_path / "from-checkpoint" / "diagnosis.json").read_text())["judgement"]
+    assert judged["active"] == active[100]
 
 
 def test_a_signal_stops_the_whole_race(tmp_path, monkeypatch, capsys):
@@ -334,3 +363,38 @@ def test_scheduled_prediction_replays_the_recorded_decisions_under_the_runs_sche
     # --lr-scale linear: the multiplier rises towards G = 2, so the run's gain rises towards G
     assert 1.5 < scheduled_prediction(summary("constant", True, "linear")) < 2.0
     assert scheduled_prediction({"steps": 10, "config": {}, "noise_history": []}) is None
+
+
+def _budget_race(lr_scale: str, active: float, saving: float) -> dict:
+    """A race summary with one full-budget fim run, as scripts/results.py reads it."""
+    run = {
+        "sampler": "fim",
+        "tuned": True,
+        "budget": 1.0,
+        "lr_scale": lr_scale,
+        "is_active_share": active,
+        "predicted_step_gain": 1.1,
+        "predicted_step_gain_lr_retuned": 1.6,
+        "scheduled_step_gain": None,
+    }
+    lossless = {"kind": "exact", "steps_saving": saving}
+    return {
+        "samplers": ["uniform", "fim"],
+        "runs": [run],
+        "budget_protocol": {"figures": {"fim": {"lossless": lossless}}},
+    }
+
+
+def test_prediction_check_reads_the_lr_rule_from_the_runs_and_sets_stayed_off_races_apart(monkeypatch):
+    """Races under the default auto were judged with the kept-rate gain (the rule was read from the
+    command string), and races where the switch stayed off counted as hits (1.00 against 1.00)."""
+    results = _results_script()
+    # auto resolved to linear in the runs' own configs; the command names no --lr-scale
+    assert results._prediction_pair(_budget_race("linear", 0.6, 1.5), "fim") == (1.6, 1.5, "exact")
+    assert results._prediction_pair(_budget_race("none", 0.6, 1.1), "fim") == (1.1, 1.1, "exact")
+    races = {"on": _budget_race("linear", 0.6, 1.5), "off": _budget_race("linear", 0.0, 1.0)}
+    monkeypatch.setattr(results, "EXPERIMENTS", dict.fromkeys(races, ""))
+    monkeypatch.setattr(results, "finished", races.get)
+    check = results.prediction_check()
+    assert "Importance sampling was on in 1 races: 1 within ±25%" in check
+    assert "In 1 races the switch kept it off" in check and "| – (never on) |" in check

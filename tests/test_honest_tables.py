@@ -1,7 +1,7 @@
 """Race tables on synthetic curves whose answers are known: n per cell, bound kinds, no rounding."""
 
 from seqis.experiments.analysis import auto_targets, speedups
-from seqis.experiments.report import cell
+from seqis.experiments.tables import cell
 
 
 def _run(sampler, seed, losses, every=10, seconds_per_step=0.1):

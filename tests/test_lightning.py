@@ -22,6 +22,15 @@ def example():
     return runpy.run_path(str(EXAMPLE))
 
 
+class _Data(pl.LightningDataModule):
+    def __init__(self, loader):
+        super().__init__()
+        self.loader = loader
+
+    def train_dataloader(self):
+        return self.loader
+
+
 def _quiet_trainer(tmp_path, max_steps, callbacks, **kwargs):
     """A CPU Trainer without logger, checkpoints, progress bar or summary."""
     return pl.Trainer(
@@ -131,7 +140,7 @@ def _fit(example, tmp_path, steps, module=None, resume=None, config=None, **trai
         default_root_dir=tmp_path,
         **trainer_args,
     )
-    trainer.fit(module, train_dataloaders=None if own_module else loader, ckpt_path=resume)
+    trainer.fit(module, datamodule=None if own_module else _Data(loader), ckpt_path=resume)
     return importance, draws.batches
 
 
@@ -188,7 +197,7 @@ def test_a_users_own_scheduler_runs_unchanged_under_the_callback(example, tmp_pa
         loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=example["pad_collate"])
         pl.seed_everything(0, verbose=False)
         trainer = _quiet_trainer(tmp_path, 40, [*callbacks, rates])
-        trainer.fit(Scheduled(data.input_size, data.num_outputs), train_dataloaders=loader)
+        trainer.fit(Scheduled(data.input_size, data.num_outputs), datamodule=_Data(loader))
         return rates.seen
 
     importance = ImportanceSampling("head", seqis.MiningConfig(always_on=True, warmup_steps=8, check_every=4))
@@ -222,3 +231,39 @@ def test_a_modules_own_importance_loader_is_driven_by_the_callback(example, tmp_
     trainer = _quiet_trainer(tmp_path, 60, [importance])
     trainer.fit(OwnLoader(data.input_size, data.num_outputs))
     assert importance.loader is not None and importance.loader.steps == 60 and importance.loader.active
+
+
+def test_train_dataloaders_passed_to_fit_is_refused_and_nothing_stays_patched(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+    loader = torch.utils.data.DataLoader(
+        example["Recordings"](data, data.train_idx.tolist()), batch_size=16, collate_fn=example["pad_collate"]
+    )
+    module = example["VowelClassifier"](data.input_size, data.num_outputs)
+    trainer = _quiet_trainer(tmp_path, 5, [ImportanceSampling("head")])
+    with pytest.raises(RuntimeError, match="train_dataloader"):
+        trainer.fit(module, train_dataloaders=loader)
+    assert "train_dataloader" not in vars(module) and trainer.global_step == 0
+    assert len(module.head._forward_hooks) == 0
+
+
+def test_weighted_mean_with_the_callback_outside_fit_and_public_trainer():
+    module = pl.LightningModule()
+    losses = torch.tensor([1.0, 3.0])
+    assert weighted_mean(module, losses) == pytest.approx(2.0)  # no trainer attached
+
+
+def test_an_importance_loader_handed_to_fit_is_driven_by_the_callback(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+    loader = torch.utils.data.DataLoader(
+        example["Recordings"](data, data.train_idx.tolist()), batch_size=16, collate_fn=example["pad_collate"]
+    )
+    module = example["VowelClassifier"](data.input_size, data.num_outputs)
+    importance = ImportanceSampling("head")  # the loader's own settings stand
+    config = seqis.MiningConfig(always_on=True, warmup_steps=4, check_every=4)
+    trainer = _quiet_trainer(tmp_path, 12, [importance])
+    trainer.fit(module, train_dataloaders=seqis.ImportanceLoader(loader, module.head, config))
+    assert importance.loader.steps == 12 and importance.loader.active

@@ -12,6 +12,7 @@ from seqis.importance import factors
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.switch import delivered_gain, estimated_gain, weighted_ceiling
+from seqis.plan import Plan
 from seqis.sampling.sampler import ImportanceSampler, PruningSampler
 
 
@@ -123,7 +124,7 @@ def test_switch_weighs_predicted_step_gain_against_mining_cost(noise_scale, sigm
 
 def test_anneal_draws_the_last_share_of_planned_steps_uniformly():
     sampler = ImportanceSampler(range(500), batch_size=16, smoothing=0.2, seed=0)
-    miner = Miner(sampler, MiningConfig(always_on=True, anneal=0.25), total_steps=200)
+    miner = Miner(sampler, MiningConfig(always_on=True, anneal=0.25), plan=Plan(500, 16, steps=200))
     active = []
     for step in range(200):
         index = torch.randint(0, 500, (16,))

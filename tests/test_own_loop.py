@@ -203,7 +203,7 @@ def test_loader_refuses_what_it_cannot_honour():
         seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(lr_scale="sqrt"))
     with pytest.raises(seqis.errors.ConfigError, match="anneal"):
         seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(anneal=0.2))
-    with pytest.raises(seqis.errors.ConfigError, match="cost-aware needs the sequences' lengths"):
+    with pytest.raises(seqis.errors.ConfigError, match="MiningConfig.cost_aware needs the sequences' len"):
         seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(cost_aware=True))
     with pytest.raises(seqis.errors.ConfigError, match="the loss factor needs seqis train"):
         seqis.ImportanceLoader(loader, model.head, seqis.MiningConfig(sampler="loss"))

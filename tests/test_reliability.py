@@ -13,6 +13,7 @@ from seqis.cli import main
 from seqis.data.registry import load_data
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
+from seqis.importance.switch import Switch
 from seqis.sampling.sampler import ImportanceSampler
 from seqis.training import checkpoint, trainer
 from seqis.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
@@ -89,13 +90,13 @@ def test_cuda_rng_states_are_saved_and_restored(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: fake_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
     config = TrainConfig(
-        data="digits:rows", steps=6, device="cpu", out=str(tmp_path), progress=False
+        data="digits:rows", steps=8, stop_at=6, device="cpu", out=str(tmp_path), progress=False
     ).with_sampler("fim")
     config.model.hidden_size, config.model.num_layers = 8, 1
     trainer.train(config)
     state, _ = load_latest(tmp_path)
     assert torch.equal(state["cuda_rng"][0][0], fake_state[0])
-    config.steps = 8
+    config.stop_at = None
     trainer.train(config, resume=True)
     assert len(restored) == 1 and torch.equal(restored[0][0], fake_state[0])
 
@@ -136,7 +137,7 @@ def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def test_failed_resumed_run_leaves_no_stale_summary(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    assert main([*FIM, "--steps", "20", "--out", str(out)]) == 0
+    assert main([*FIM, "--steps", "40", "--stop-at", "20", "--out", str(out)]) == 0
     assert (out / "summary.json").exists()
     calls = []
 
@@ -192,3 +193,16 @@ def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
     last = miner.noise_history[-1]
     assert (last.active, last.noise_scale, last.variance_cut) == (True, 10.0, 9.0)
     assert (last.predicted_step_gain, last.predicted_step_gain_lr_retuned) == (2.0, 3.0)
+
+
+def test_lr_multiplier_is_one_as_soon_as_importance_sampling_is_off():
+    """Off, the run draws uniformly and trains at the user's rate: the multiplier decayed 1.70 ->
+    1.49 -> 1.34 over ~150 uniform steps before; it snaps to 1, and rises smoothly again when on."""
+    switch = Switch(MiningConfig(lr_scale="linear"), batch_size=64, cost=0.05)
+    for _ in range(10):
+        switch.update_lr_multiplier(2.5, active=True)
+    assert switch.lr_multiplier == pytest.approx(2.0, abs=0.05)
+    switch.update_lr_multiplier(2.5, active=False)
+    assert switch.lr_multiplier == 1.0
+    switch.update_lr_multiplier(2.5, active=True)
+    assert switch.lr_multiplier == pytest.approx(0.7 + 0.3 * 2.0)

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqis.data.registry import DataOptions, load_data
+from seqis.errors import ConfigError
+from seqis.importance.config import MiningConfig
 from seqis.importance.factors import exact_factors
 from seqis.importance.switch import ceiling, estimated_gain
 from seqis.models.rnn import ModelConfig, RecurrentModel
@@ -341,10 +343,11 @@ def test_set_epoch_of_the_current_epoch_keeps_a_restored_cursor(kind):
     assert (original.epoch > 1) == (kind != "importance")  # active importance draws have no epochs
 
 
-def test_zero_smoothing_is_refused():
-    # a zero factor would never be drawn again, and weights would be unbounded
-    with pytest.raises(ValueError, match=r"smoothing must be in \(0, 1\]"):
-        ImportanceSampler(range(10), batch_size=2, smoothing=0.0)
+def test_zero_smoothing_is_refused_where_it_is_configured():
+    # a zero factor would never be drawn again, and weights would be unbounded; the sampler
+    # trusts its validated config (one home per option)
+    with pytest.raises(ConfigError, match=r"MiningConfig.smoothing must be in \(0, 1\]"):
+        MiningConfig(smoothing=0.0)
 
 
 def test_rank_slices_are_disjoint_and_cover_each_global_batch():
@@ -463,8 +466,8 @@ def test_random_subset_epochs_are_fresh_fixed_size_unweighted_and_anneal_to_full
 
 
 def test_random_subset_refuses_an_empty_fraction():
-    with pytest.raises(ValueError, match="subset fraction"):
-        RandomSubsetSampler(range(10), batch_size=2, fraction=0.0)
+    with pytest.raises(ConfigError, match=r"MiningConfig.subset_fraction must be in \(0, 1\]"):
+        MiningConfig(sampler="subset", subset_fraction=0.0)
 
 
 def test_presampling_epochs_count_trained_sequences_not_candidates():

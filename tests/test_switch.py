@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from seqis.errors import ConfigError
-from seqis.experiments.diagnose import judge, switch_for
 from seqis.importance.config import MiningConfig
 from seqis.importance.mining import Miner
 from seqis.importance.noise import NoiseScale, covariance_cut
 from seqis.importance.switch import (
-    HarvestSample,
+    PoolSwitch,
     Switch,
     coverage_ahead,
     delivered_gain,
@@ -19,7 +18,8 @@ from seqis.importance.switch import (
     pool_gain,
     store_gain,
 )
-from seqis.models.rnn import ModelConfig
+from seqis.options import spelled_as_flags
+from seqis.plan import Plan
 from seqis.sampling.sampler import ImportanceSampler, PresamplingSampler
 from seqis.training.config import TrainConfig
 from seqis.training.wiring import sampling_for
@@ -66,7 +66,7 @@ def test_a_switch_restarts_the_batch_moments():
 def test_no_noise_scale_where_factors_are_not_gradient_norms(sampler):
     config = MiningConfig(sampler=sampler)
     _, miner = sampling_for(
-        config, torch.arange(50), 8, score_fn=lambda i: torch.ones(len(i)), total_steps=100
+        config, torch.arange(50), 8, score_fn=lambda i: torch.ones(len(i)), plan=Plan(50, 8, steps=100)
     )
     assert miner.noise is None
     assert "the switch judges the gain" in miner.summary()["noise_scale_basis"]
@@ -74,9 +74,10 @@ def test_no_noise_scale_where_factors_are_not_gradient_norms(sampler):
 
 def test_presampling_pays_for_its_candidates_forward_passes():
     importance, presample = MiningConfig(sampler="fim"), MiningConfig(sampler="gradnorm")
-    assert mining_cost(presample, refreshes=False) >= 1.0  # 3 candidates at 1/3 of a step each
-    on = Switch(importance, 64, mining_cost(importance, refreshes=True))
-    off = Switch(presample, 64, mining_cost(presample, refreshes=False))
+    on = importance.scheme.make_switch(importance, 64, refreshes=True)
+    off = presample.scheme.make_switch(presample, 64, refreshes=False)
+    assert isinstance(off, PoolSwitch) and off.cost >= 1.0  # 3 candidates at 1/3 of a step each
+    assert on.cost == pytest.approx(mining_cost(importance, refreshes=True))
     assert on.pays(1.5, 300.0) and not off.pays(1.5, 300.0)
 
 
@@ -101,8 +102,8 @@ def test_cost_aware_on_and_off_decisions_judge_the_same_distribution():
 def test_annealed_tail_trains_at_the_users_learning_rate():
     sampler = ImportanceSampler(range(100), 10)
     config = MiningConfig(always_on=True, anneal=0.25, lr_scale="sqrt")
-    miner = Miner(sampler, config, total_steps=200)
-    miner.switch.lr_multiplier = 1.115  # scaled up while importance sampling was on
+    miner = Miner(sampler, config, plan=Plan(100, 10, steps=200))
+    miner.switch.lr.value = 1.115  # scaled up while importance sampling was on
     sampler.active = True
     for step in range(140, 160):
         miner.after_step(step)
@@ -135,51 +136,50 @@ def test_switching_off_drops_the_on_state_moments():
     assert miner.noise.drawn_sq is None and miner.noise.batch_sq is None and not miner._recent
 
 
-def test_diagnose_and_train_decide_with_one_rule():
-    config = TrainConfig(batch_size=64).with_sampler("fim")
-    assert switch_for(config).cost == pytest.approx(0.035 + 0.1 / 3)
-    # WordNet's recorded decision: B 160 at batch 64, a gain of ~1.12 (below min_gain 1.2)
-    s = np.where(np.arange(5000) % 10 == 0, 2.4, 1.0)
-    gain = estimated_gain(s, config.mining.smoothing)
-    assert 1.08 < gain < 1.2
-    verdict = judge(config, s, noise_scale=160.0)
-    assert verdict["is_pays"] is True is switch_for(config).pays(gain, 160.0)
-    assert "can pay" in verdict["verdict"]
-    for b_noise in (None, 5.0, 40.0, 160.0, 2000.0):
-        assert judge(config, s, b_noise)["is_pays"] == switch_for(config).pays(gain, b_noise)
-
-
-@pytest.mark.parametrize("lr_scale", ["none", "sqrt"])
-def test_diagnose_judges_cost_aware_draws_and_lr_scaling_as_train_does(lr_scale):
-    """Under --cost-aware the gain is of p ~ s/sqrt(length); under --lr-scale the step gain is re-tuned."""
-    mining = MiningConfig(cost_aware=True, lr_scale=lr_scale, warmup_steps=1, check_every=1)
-    config = TrainConfig(batch_size=64, mining=mining, model=ModelConfig(pack=True))
+def test_a_judgement_is_the_decision_the_switch_then_takes():
+    """Miner.judge (what diagnose reports) and Miner.decide (what train does) agree, state for state."""
     rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 200, 4000).astype(float)
-    s = rng.lognormal(0, 0.8, 4000) * np.sqrt(lengths)  # long sequences score higher
-    sample = HarvestSample(np.zeros_like(s), s / s.mean(), np.ones_like(s), lengths / lengths.mean())
-    for b_noise in (20.0, 60.0, 300.0):
-        switch = switch_for(config)
-        decided = switch.decide(1, False, sample, b_noise)
-        verdict = judge(config, s, b_noise, costs=lengths)
-        assert verdict["estimated_gain"] == pytest.approx(switch.history[-1].gain)
-        assert verdict["is_pays"] is decided
-        assert f"{switch.predicted_step_gain(switch.history[-1].gain, b_noise):.3f}x" in verdict["verdict"]
+    factors = torch.from_numpy(rng.lognormal(0.0, 1.0, 600))
+    for config in (
+        MiningConfig(warmup_steps=10, check_every=10, switch_every=1, switch_sample=16),
+        MiningConfig(sampler="presample", lr_scale="linear", warmup_steps=10, check_every=10),
+        MiningConfig(cost_aware=True, warmup_steps=10, check_every=10, switch_every=1),
+    ):
+        sampler, miner = sampling_for(
+            config,
+            torch.arange(600),
+            16,
+            score_fn=lambda index: factors[index],
+            lengths=torch.randint(5, 50, (600,)),
+            plan=Plan(600, 16, steps=200),
+        )
+        for step in range(120):
+            index, weights = sampler.draw()
+            miner.harvest(index, factors[index], step, weights, batch_grad_sq=0.05)
+            if miner._decides_after(step + 1):
+                judged = miner.judge(step + 1)
+                miner.after_step(step)
+                assert judged.active == sampler.active and miner.judge(step + 1) == judged
+                assert miner.switch.history[-1].step_gain == judged.step_gain
+            else:
+                miner.after_step(step)
 
 
 def test_each_option_is_checked_once_with_one_error_type():
-    with pytest.raises(ConfigError, match="--smoothing must be in"):
+    with pytest.raises(ConfigError, match=r"MiningConfig.smoothing must be in \(0, 1\], got 0"):
         MiningConfig(smoothing=0)
-    with pytest.raises(ConfigError, match="--sampler fim means --sampler importance --factor fim"):
+    with pytest.raises(ConfigError, match="MiningConfig.sampler fim means MiningConfig.sampler importance"):
         MiningConfig(sampler="fim", factor="loss")
-    with pytest.raises(ConfigError, match="--refresh-fraction applies to --sampler importance"):
+    with pytest.raises(ConfigError, match="MiningConfig.refresh_fraction applies to MiningConfig.sampler"):
         MiningConfig(sampler="prune", refresh_fraction=0.2)
-    with pytest.raises(ConfigError, match="--cost-aware needs --pack"):
+    with pytest.raises(ConfigError, match="MiningConfig.cost_aware needs ModelConfig.pack"):
         TrainConfig(mining=MiningConfig(cost_aware=True))
-    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N"):
+    with pytest.raises(ConfigError, match="TrainConfig.device must be auto, cpu, cuda or cuda:N"):
         TrainConfig(device="gpu")
-    with pytest.raises(ConfigError, match="harvest_cost must be >= 0"):
+    with pytest.raises(ConfigError, match="MiningConfig.harvest_cost must be >= 0"):
         MiningConfig(harvest_cost=-0.1)
+    with spelled_as_flags(), pytest.raises(ConfigError, match=r"--smoothing must be in \(0, 1\]"):
+        MiningConfig(smoothing=2)
     config = MiningConfig(sampler="gradnorm")
     assert (config.sampler, config.factor, config.label, config.refresh_share) == (
         "presample",
@@ -260,7 +260,7 @@ def _run(n, steps, sigma=1.0, noise_scale=300.0, b=64, planned=None, **mining):
     def score(index):
         return torch.from_numpy(factors[index.numpy()])
 
-    miner = Miner(sampler, MiningConfig(**mining), score_fn=score, planned_steps=planned or steps)
+    miner = Miner(sampler, MiningConfig(**mining), score_fn=score, plan=Plan(n, b, steps=planned or steps))
     second_moment = float(np.mean(factors**2))
     true_g2 = second_moment / (1.0 + noise_scale)
     batch_sq = true_g2 + (second_moment - true_g2) / b
@@ -341,7 +341,7 @@ def test_presampling_cut_counts_the_pool_own_noise():
 def test_presampling_never_pays_for_its_pool_at_a_kept_learning_rate():
     """2 - 1/G < 2 fewer steps cannot repay r >= 2 forward passes of 1/3 of a step per sequence."""
     config = MiningConfig(sampler="presample")
-    switch = Switch(config, 64, mining_cost(config, refreshes=False))
+    switch = PoolSwitch(config, 64, mining_cost(config, refreshes=False))
     for fresh in (1.5, 3.0, 10.0, 100.0):
         for noise_scale in (10.0, 300.0, 1e5):
             ratio, cut = switch.size_pool(fresh, noise_scale)
@@ -351,14 +351,13 @@ def test_presampling_never_pays_for_its_pool_at_a_kept_learning_rate():
 
 def test_presampling_pool_grows_with_the_gain_when_the_learning_rate_follows_the_cut():
     config = MiningConfig(sampler="presample", lr_scale="linear")
-    switch = Switch(config, 64, mining_cost(config, refreshes=False))
+    switch = PoolSwitch(config, 64, mining_cost(config, refreshes=False))
     sized = {fresh: switch.size_pool(fresh, 1e5) for fresh in (2.0, 10.0, 100.0)}
     ratios = [ratio for ratio, _ in sized.values()]
     assert ratios == sorted(ratios) and ratios[0] < ratios[-1]
     assert not switch.pays(sized[2.0][1], 1e5)  # small pools cut little, large ones cost too much
     ratio, cut = sized[10.0]
-    switch.cost = mining_cost(config, False, ratio)
-    assert switch.pays(cut, 1e5)
+    assert switch.pays(cut, 1e5, cost=switch.pool_cost(ratio))
 
 
 def test_the_miner_draws_from_the_pool_its_switch_sized_and_resumes_it():
@@ -381,7 +380,7 @@ def test_the_miner_draws_from_the_pool_its_switch_sized_and_resumes_it():
     assert miner.noise.noise_scale is not None and not sampler.active  # a kept lr: it cannot pay
     # the pool was sized once B was known: the cheapest, 2 b (3 b until then)
     assert sampler.ratio == miner.switch.pool_ratio == 2
-    assert miner.switch.cost == pytest.approx(mining_cost(config, False, 2))
+    assert miner.switch.cost == pytest.approx(miner.switch.pool_cost(2))
     sampler.active = True
     before = sampler.candidates_not_trained
     index, _ = sampler.draw()

@@ -51,7 +51,7 @@ def test_stalls_under_uniform_do_not_count_and_patience_zero_never_trips():
     restored = ValidationWatch(patience=1)
     restored.load_state_dict(without_train.state_dict())
     assert restored.tripped_at == 1 and restored.best == 0.5
-    with pytest.raises(ConfigError, match="val-patience"):
+    with pytest.raises(ConfigError, match="MiningConfig.val_patience"):
         MiningConfig(val_patience=-1)
 
 

@@ -1,13 +1,17 @@
 """seqis: importance-sampled training for recurrent networks.
 
 The public API is importable from here; each name loads its module on first use, so
-``import seqis`` stays cheap. The package is organised by concern, lower layers first:
+``import seqis`` stays cheap. The package is organised in layers, lower first; a module imports
+its own layer and lower ones only (docs/architecture.md):
 
+- ``seqis.errors``, ``seqis.options``, ``seqis.plan``: one-line errors, the option fields every
+  config is built from, and the ``Plan`` a run trains to.
 - ``seqis.data``: sequence datasets with stable indices (``load_data``).
 - ``seqis.models``: RNN/GRU/LSTM models that return per-sequence losses.
-- ``seqis.importance``: importance factors (FIM, hooks on your output layer), the miner
-  (harvest, refresh, switch) and the noise-scale estimate.
-- ``seqis.sampling``: the batch samplers (uniform, importance, pruning) and DataLoader glue.
+- ``seqis.sampling``: batch samplers (uniform epochs, importance draws from a sum tree, pools,
+  pruned epochs) and DataLoader glue; draw mechanics only.
+- ``seqis.importance``: factors (a registry), hooks on your output layer, the noise scale, the
+  switch, the miner, and the sampling schemes (a registry) that tie a sampler to its mining.
 - ``seqis.training``: the wiring of sampler and miner, a readable training loop,
   ``ImportanceLoader`` for your own loop, checkpoints, metrics.
 - ``seqis.experiments``: races (``compare``), their analysis and reports, ``diagnose``.
@@ -31,7 +35,12 @@ _PUBLIC = {
     "DataOptions": "seqis.data.registry",
     "RecurrentModel": "seqis.models.rnn",
     "ModelConfig": "seqis.models.rnn",
+    "Plan": "seqis.plan",
     "fim_factors": "seqis.importance.factors",
+    "Factor": "seqis.importance.factors",
+    "register_factor": "seqis.importance.factors",
+    "Scheme": "seqis.importance.schemes",
+    "register_scheme": "seqis.importance.schemes",
     "OutputLayerNorms": "seqis.importance.hooks",
     "Miner": "seqis.importance.mining",
     "MiningConfig": "seqis.importance.config",

@@ -22,57 +22,88 @@ class _Parser(argparse.ArgumentParser):
 
 # Annotations (as strings) -> how argparse reads a value; ranges are the dataclasses' to check.
 _READERS = {"int": int, "float": float, "str": str}
-# The config dataclass of each section of a TrainConfig; every flag comes from one of their fields.
-_SECTIONS = ("train", "data_options", "model", "mining")
+# What a "may change on --resume" rule adds to a train flag's help.
+_RESUME_NOTES = {
+    "may change": "; may change on --resume",
+    "plan": "; may change on --resume only where nothing depends on the plan",
+}
 
 
 def _section_classes() -> dict:
+    """The config dataclass of each section of a command's options; every flag is one of their fields."""
     from seqis.data.registry import DataOptions
+    from seqis.experiments.race import RaceConfig
     from seqis.importance.config import MiningConfig
     from seqis.models.rnn import ModelConfig
     from seqis.training.config import TrainConfig
 
-    return {"train": TrainConfig, "data_options": DataOptions, "model": ModelConfig, "mining": MiningConfig}
+    return {
+        "train": TrainConfig,
+        "data_options": DataOptions,
+        "model": ModelConfig,
+        "mining": MiningConfig,
+        "race": RaceConfig,
+    }
+
+
+def _option_fields(cls: type, command: str):
+    """The fields of ``cls`` that ``command`` offers as flags."""
+    return [f for f in fields(cls) if f.metadata.get("cli") and command in f.metadata["commands"]]
+
+
+def _help(f, command: str, default) -> str:
+    text = f.metadata["help"]
+    text = text() if callable(text) else text
+    if command == "train":
+        text += _RESUME_NOTES.get(f.metadata.get("resume"), "")
+    if default is None or isinstance(default, bool):
+        return text
+    return text + (f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})")
 
 
 def _add_options(p: argparse.ArgumentParser, cls: type, section: str, command: str) -> None:
     """One flag per command-line field of ``cls``, with the field's default, choices and help."""
     from seqis.options import flag_name
 
-    for f in fields(cls):
+    for f in _option_fields(cls, command):
         meta = f.metadata
-        if not meta.get("cli") or command not in meta["commands"]:
-            continue
         default = f.default if f.default is not MISSING else None
+        default = meta["command_defaults"].get(command, default)
         dest = f"{section}__{f.name}"
         kind = str(f.type).replace(" | None", "")
         if kind == "bool":
             flag = f"--no-{f.name.replace('_', '-')}" if default else flag_name(f)
             action = "store_false" if default else "store_true"
-            text = f"switch off: {meta['help']}" if default else meta["help"]
-            p.add_argument(flag, dest=dest, action=action, help=text)
+            text = _help(f, command, default)
+            p.add_argument(flag, dest=dest, action=action, help=f"switch off: {text}" if default else text)
             continue
-        shown = (
-            ""
-            if default is None
-            else f" (default: {default:g})"
-            if isinstance(default, float)
-            else f" (default: {default})"
-        )
         p.add_argument(
             flag_name(f),
             dest=dest,
             metavar=None if meta["choices"] else flag_name(f).lstrip("-").replace("-", "_").upper(),
-            type=_READERS[kind],
+            type=meta["reader"] or _READERS[kind],
             default=default,
             choices=meta["choices"],
-            help=meta["help"] + shown,
+            help=_help(f, command, default),
         )
 
 
 def _add_run_args(p: argparse.ArgumentParser, command: str) -> None:
     for section, cls in _section_classes().items():
         _add_options(p, cls, section, command)
+
+
+def resume_flags() -> set[str]:
+    """The flags ``--resume RUN_DIR`` accepts: those whose options may change on resume."""
+    from seqis.options import KEEP, flag_name
+
+    flags = {"--resume"}
+    for cls in _section_classes().values():
+        for f in _option_fields(cls, "train"):
+            if f.metadata.get("resume", KEEP) != KEEP:
+                bool_on = str(f.type) == "bool" and f.default
+                flags.add(f"--no-{f.name.replace('_', '-')}" if bool_on else flag_name(f))
+    return flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="",
         metavar="RUN_DIR",
         help="continue from the newest good checkpoint: '--resume RUN_DIR' with the run's saved "
-        "settings (only --steps, --time-budget, --target-loss may be added), or '--resume' with "
+        "settings (add only flags whose help says they may change on --resume), or '--resume' with "
         "--out and the same settings as before",
     )
 
@@ -99,31 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(p, _section_classes()["data_options"], "data_options", "train")
     p.add_argument("--list", action="store_true", help="list the data specs")
 
-    p = sub.add_parser("diagnose", help="tell whether importance sampling can pay on this data")
+    p = sub.add_parser(
+        "diagnose",
+        help="tell whether importance sampling can pay on this data",
+        description="Train the first --stop-at steps (default 300) of the run 'seqis train' would make "
+        "(its plan: --steps or --epochs; 300 steps without one), or restore a run's newest checkpoint, "
+        "and report what that run's own switch concludes there, with the factors' spread.",
+    )
     _add_run_args(p, "diagnose")
     p.add_argument(
         "--checkpoint",
         metavar="RUN_DIR",
-        help="judge the newest checkpoint of this run instead of training briefly",
+        help="judge the newest checkpoint of this run (with its saved settings) instead of training",
     )
 
     p = sub.add_parser("compare", help="race samplers on the same data, seeds and budget")
     _add_run_args(p, "compare")
-    p.add_argument(
-        "--samplers", default="uniform,fim", help="comma-separated sampler names (see train --help)"
-    )
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument(
-        "--lrs",
-        help="comma-separated learning rates: every sampler runs at each, the report compares "
-        "each at its own best (tuned vs tuned)",
-    )
-    p.add_argument("--targets", default="auto", help="'auto' or comma-separated losses")
-    p.add_argument(
-        "--budgets",
-        help="the budget protocol: comma-separated shares of --steps/--epochs (e.g. 1,0.8,0.67,0.5); "
-        "every sampler and seed trains once per budget, its schedule decayed over it",
-    )
     return parser
 
 
@@ -136,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # after the thread policy is set
 
     from seqis.errors import SeqisError
+    from seqis.options import spelled_as_flags
 
     torch.set_num_threads(getattr(args, "train__threads", None) or default_threads())
     try:
-        return _COMMANDS[args.command](args)
+        with spelled_as_flags():  # messages name options by their flags
+            return _COMMANDS[args.command](args)
     except SeqisError as e:
         print(f"seqis: error: {e}", file=sys.stderr)
         return 2
@@ -173,23 +197,19 @@ def train_config(args, **overrides):
     return classes["train"](**{**values, **nested, **overrides})
 
 
-# With '--resume RUN_DIR' the saved settings stand; these only say when to stop or how to show it.
-_RESUME_FLAGS = {"--resume", "--steps", "--stop-at", "--time-budget", "--target-loss", "--no-progress"}
-
-
 def saved_config(args):
-    """The configuration saved by the run in ``args.resume``, with new stopping flags applied."""
-    from dataclasses import replace
-
+    """The configuration saved by the run in ``args.resume``, with the flags given that may change
+    on resume applied (the plan's are checked against the run's dependence on it when it loads)."""
     from seqis.errors import ConfigError
     from seqis.training.config import TrainConfig
 
     given = {token.split("=")[0] for token in args.argv if token.startswith("--")}
-    extra = sorted(given - _RESUME_FLAGS)
+    allowed = resume_flags()
+    extra = sorted(given - allowed)
     if extra:
         raise ConfigError(
             f"--resume RUN_DIR continues with the run's saved settings, threads included; "
-            f"{', '.join(extra)} cannot be changed (only --steps, --stop-at, --time-budget, --target-loss)"
+            f"{', '.join(extra)} cannot be changed (only {', '.join(sorted(allowed - {'--resume'}))})"
         )
     path = Path(args.resume) / "config.json"
     try:
@@ -202,12 +222,27 @@ def saved_config(args):
         config = TrainConfig.from_dict(saved)
     except TypeError:
         raise ConfigError(f"{path} was written by another version of seqis; it cannot be resumed") from None
-    stops = {k: getattr(args, f"train__{k}") for k in ("steps", "time_budget", "target_loss")}
-    stops = {k: v for k, v in stops.items() if v is not None}
+    return _with_given(config, args, given)
+
+
+def _with_given(config, args, given: set[str]):
+    """``config`` with the options of the ``given`` flags replaced by their parsed values."""
+    from dataclasses import replace
+
+    from seqis.options import flag_name
+
+    classes = _section_classes()
+    changes: dict[str, dict] = {}
+    for section in ("train", "data_options", "model", "mining"):
+        for f in _option_fields(classes[section], "train"):
+            spelled = {flag_name(f), f"--no-{f.name.replace('_', '-')}"}
+            if spelled & given:
+                changes.setdefault(section, {})[f.name] = getattr(args, f"{section}__{f.name}")
     # A segment's --stop-at is not a setting of the run: the resumed one goes on to the plan's end.
-    return replace(
-        config, out=args.resume, progress=args.train__progress, stop_at=args.train__stop_at, **stops
-    )
+    top = {**changes.get("train", {}), "out": args.resume, "stop_at": args.train__stop_at}
+    top["progress"] = args.train__progress  # a bar now, whatever the saved run showed
+    nested = {s: replace(getattr(config, s), **v) for s, v in changes.items() if s != "train"}
+    return replace(config, **top, **nested)
 
 
 def _cmd_train(args) -> int:
@@ -255,7 +290,7 @@ def _cmd_diagnose(args) -> int:
     from seqis.experiments.diagnose import diagnose
 
     config = train_config(args)
-    if config.mining.sampler == "uniform":  # uniform has no factor: judge the default, fim
+    if not config.mining.scheme.mined:  # uniform keeps no factors: judge the default, fim
         config = config.with_sampler("fim")
     report = diagnose(config, checkpoint=args.checkpoint)
     print(report["verdict"])
@@ -264,54 +299,14 @@ def _cmd_diagnose(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from seqis.errors import ConfigError
-    from seqis.experiments.race import compare
+    from seqis.experiments.race import RaceConfig, compare
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    lrs = _learning_rates(args.lrs) if args.lrs else None
-    budgets = _budgets(args.budgets) if args.budgets else None
+    race = RaceConfig(**_section(args, "race"))
     config = train_config(args)
-    result = compare(config, samplers, args.seeds, args.targets, args.command_line, lrs, budgets)
+    result = compare(config, race, args.command_line)
     print(result["tables"]["val_loss"])
     print(f"report: {Path(config.out) / 'report.md'}")
     return 0
-
-
-def _numbers(text: str, flag: str, upper: float = float("inf")) -> list[float]:
-    """Comma-separated positive numbers (at most ``upper``)."""
-    from seqis.errors import ConfigError
-
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0 < v <= upper for v in values):
-        raise ConfigError(f"{flag} must be numbers in (0, {upper:g}], got {text!r}")
-    return values
-
-
-def _budgets(text: str) -> list[float]:
-    """``--budgets``: shares of the plan in (0, 1], the full budget 1 among them (the reference)."""
-    from seqis.errors import ConfigError
-
-    budgets = _numbers(text, "--budgets", upper=1.0)
-    if 1.0 not in budgets:
-        raise ConfigError(f"--budgets must include 1, the full budget savings are measured by; got {text!r}")
-    return budgets
-
-
-def _learning_rates(text: str) -> list[float] | dict[str, float]:
-    """``--lrs``: a grid (``0.001,0.002``) or each sampler's own (``uniform=0.004,fim=0.003``)."""
-    from seqis.errors import ConfigError
-
-    if "=" not in text:
-        return _numbers(text, "--lrs")
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if any(len(p) != 2 for p in pairs):
-        raise ConfigError(f"--lrs must be all numbers or all SAMPLER=NUMBER, got {text!r}")
-    return {name.strip(): _numbers(value, "--lrs")[0] for name, value in pairs}
 
 
 _COMMANDS = {

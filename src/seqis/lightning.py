@@ -1,10 +1,12 @@
 """PyTorch Lightning: importance sampling as a callback (``pip install seqis[lightning]``).
 
-The callback swaps your training DataLoader for an :class:`~seqis.training.own_loop.ImportanceLoader`
-(same dataset, batch size, ``collate_fn`` and workers; batches reach ``training_step``
-unchanged), reads the factors from hooks on your output layer after each backward, and
-keeps sampler and miner state in Lightning's checkpoints, so ``fit(ckpt_path=...)``
-continues the same draws. Your ``training_step`` returns the weighted loss:
+The callback wraps the ``train_dataloader()`` of your LightningModule (or of the
+LightningDataModule given to ``fit``) so that the DataLoader it returns becomes an
+:class:`~seqis.training.own_loop.ImportanceLoader` (same dataset, batch size, ``collate_fn``
+and workers; batches reach ``training_step`` unchanged); it reads the factors from hooks on
+your output layer after each backward, and keeps sampler and miner state in Lightning's
+checkpoints, so ``fit(ckpt_path=...)`` continues the same draws. Your ``training_step``
+returns the weighted loss:
 
     from seqis.lightning import ImportanceSampling, weighted_mean
 
@@ -14,18 +16,22 @@ continues the same draws. Your ``training_step`` returns the weighted loss:
 
     trainer = L.Trainer(callbacks=[ImportanceSampling("head")])
 
-Under ``strategy="ddp"`` every rank draws the same global batch and trains its slice; the
-loader is not a ``DataLoader``, so Lightning does not replace its sampler.
+A loader handed to ``fit(train_dataloaders=...)`` is out of any callback's public reach: pass
+``seqis.ImportanceLoader(loader, model.head)`` there instead (the callback drives it), or
+return the loader from ``train_dataloader()``. Only Lightning's public hooks and attributes
+are used. Under ``strategy="ddp"`` every rank draws the same global batch and trains its
+slice; the loader is not a ``DataLoader``, so Lightning does not replace its sampler.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 from torch import Tensor, nn
 
-from seqis.importance.mining import MiningConfig
+from seqis.importance.config import MiningConfig
 from seqis.importance.scoring import PerSequenceLoss
 from seqis.training.own_loop import ImportanceLoader
 
@@ -36,6 +42,9 @@ except ImportError:  # pragma: no cover - depends on what is installed
         import lightning.pytorch as pl
     except ImportError:
         raise ImportError("seqis.lightning needs PyTorch Lightning: pip install 'seqis[lightning]'") from None
+
+
+_UNSET = object()
 
 
 class ImportanceSampling(pl.Callback):
@@ -71,51 +80,80 @@ class ImportanceSampling(pl.Callback):
         self.total_steps = total_steps
         self.monitor, self.train_monitor = monitor, train_monitor
         self.loader: ImportanceLoader | None = None
-        self._source: Any = None
+        self._patched: list[tuple[Any, Any]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.loader = None  # a new fit draws afresh (fit(ckpt_path=...) restores the state)
-        layer = self.output_layer
-        if isinstance(layer, str):
-            layer = pl_module.get_submodule(layer)
-        source = getattr(trainer.fit_loop, "_data_source", None)
-        if source is None or not hasattr(source, "dataloader"):
-            raise RuntimeError(f"seqis.lightning does not support this Lightning version ({pl.__version__})")
-        request = source.dataloader
+        # Lightning asks the datamodule given to fit() for the loader, else the module. Both are
+        # wrapped: ``trainer.datamodule`` may be left over from an earlier fit on this Trainer.
+        owners = [pl_module] if trainer.datamodule is None else [pl_module, trainer.datamodule]
+        for owner in owners:
+            self._patched.append((owner, vars(owner).get("train_dataloader", _UNSET)))
+            owner.train_dataloader = self._wrap(owner.train_dataloader, trainer, pl_module)
 
-        def importance_dataloader() -> ImportanceLoader:
+    def _wrap(self, request, trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """``train_dataloader`` returning an :class:`ImportanceLoader` around the user's loader."""
+
+        @functools.wraps(request)  # Lightning's is_overridden() still sees the user's own method
+        def train_dataloader():
             loader = request()
             if isinstance(loader, ImportanceLoader):  # the module built its own: drive that one
-                self.loader = loader
-                loader.fetches_ahead = True
-                return loader
+                return self._adopt(loader)
             if self.loader is not None:  # reloaded (reload_dataloaders_every_n_epochs): keep all state
                 self.loader.rebind(loader)
                 return self.loader
-            self.loader = ImportanceLoader(
-                loader,
-                layer,
-                self.config,
-                loss_fn=self.loss_fn,
-                model=pl_module if self.loss_fn is not None else None,
-                seed=self.seed,
-                total_steps=self.total_steps or _planned_steps(trainer),
+            layer = self.output_layer
+            layer = pl_module.get_submodule(layer) if isinstance(layer, str) else layer
+            return self._adopt(
+                ImportanceLoader(
+                    loader,
+                    layer,
+                    self.config,
+                    loss_fn=self.loss_fn,
+                    model=pl_module if self.loss_fn is not None else None,
+                    seed=self.seed,
+                    total_steps=self.total_steps or _planned_steps(trainer),
+                )
             )
-            self.loader.fetches_ahead = True  # Lightning fetches the next batch before this one trains
-            return self.loader
 
-        # Lightning asks this source for the train loader; ours wraps whatever it returns.
-        source.dataloader = importance_dataloader
-        self._source = source
+        return train_dataloader
+
+    def _adopt(self, loader: ImportanceLoader) -> ImportanceLoader:
+        self.loader = loader
+        loader.fetches_ahead = True  # Lightning fetches the next batch before this one trains
+        return loader
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, ImportanceLoader):
+            if loader is not self.loader:  # handed to fit(train_dataloaders=...) by the user
+                self._adopt(loader)
+            return
+        raise RuntimeError(
+            "ImportanceSampling cannot reach a loader passed as trainer.fit(train_dataloaders=loader): "
+            "pass seqis.ImportanceLoader(loader, model.head) there, or return the loader from "
+            "train_dataloader() of your LightningModule or LightningDataModule"
+        )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._source is not None:
-            del self._source.dataloader  # back to the class's own method
-            self._source = None
+        self._unpatch()
         if self.loader is not None:
             self.loader.close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown() when fit() raises
+
+    def _unpatch(self) -> None:
+        while self._patched:
+            owner, own = self._patched.pop()
+            if own is _UNSET:
+                del owner.train_dataloader  # back to the class's own method
+            else:
+                owner.train_dataloader = own
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -149,8 +187,12 @@ def _planned_steps(trainer: pl.Trainer) -> int | None:
 
 def weighted_mean(module: pl.LightningModule, per_sequence_loss: Tensor) -> Tensor:
     """The loss for ``training_step``: importance-weighted mean, or the plain mean without the callback."""
-    trainer = getattr(module, "_trainer", None)
-    callbacks = trainer.callbacks if trainer is not None else []
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # "<Module> is not attached to a `Trainer`."
+        trainer = None
+    # getattr: under Fabric, module.trainer is a shim that raises AttributeError for .callbacks
+    callbacks = getattr(trainer, "callbacks", None) or []
     for callback in callbacks:
         if isinstance(callback, ImportanceSampling) and callback.loader is not None and module.training:
             return callback.loader.weigh(per_sequence_loss)

@@ -41,6 +41,13 @@ class Batch:
     def _fields(self) -> tuple[Tensor, ...]:
         return (self.inputs, self.targets, self.mask, self.lengths, self.index)
 
+    def head(self, count: int) -> Batch:
+        """The first ``count`` sequences, trimmed to the longest of them (as ``SequenceData.batch``)."""
+        t_max = int(self.lengths[:count].max())
+        targets = self.targets[:count, :t_max] if self.targets.dim() == 2 else self.targets[:count]
+        parts = (self.inputs[:count, :t_max], targets, self.mask[:count, :t_max], self.lengths[:count])
+        return Batch(*(t.contiguous() for t in parts), self.index[:count].contiguous())
+
 
 @dataclass
 class SequenceData(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ from pathlib import Path
 from seqis.data import images, labeled, names, text, timeseries
 from seqis.data.base import SequenceData
 from seqis.errors import DataError
-from seqis.options import at_least_one, one_of, option, within
+from seqis.options import MAY_CHANGE, at_least, one_of, option, within
 
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 
@@ -40,7 +40,9 @@ class DataOptions:
     max_chars: int = option(2_000_000, "character budget of text corpora")
     min_count: int = option(2, "word LMs: words seen fewer times become <unk>", cli=False)
     val_fraction: float = option(0.1, "share of sequences held out when a set has no test split", cli=False)
-    val_size: int = option(10_000, "validation sequences at most (a seeded subset of an official test split)")
+    val_size: int = option(
+        10_000, "validation sequences at most (a seeded subset of an official test split)", resume=MAY_CHANGE
+    )
     train_size: int | None = option(None, "training sequences at most (a seeded subset; default: all)")
     split_seed: int = option(0, "seed of the train/validation split", cli=False)
     encoding_errors: str = option(
@@ -48,12 +50,10 @@ class DataOptions:
     )
 
     def __post_init__(self) -> None:
-        at_least_one(self.seq_len, "seq-len")
-        at_least_one(self.max_chars, "max-chars")
-        at_least_one(self.val_size, "val-size")
-        at_least_one(self.train_size, "train-size")
-        within(self.val_fraction, 0, 1, "val-fraction", closed_low=False, closed_high=False)
-        one_of(self.encoding_errors, ENCODING_ERRORS, "encoding-errors")
+        for field_name in ("seq_len", "max_chars", "val_size", "train_size"):
+            at_least(self, field_name)
+        within(self, "val_fraction", 0, 1, closed_low=False, closed_high=False)
+        one_of(self, "encoding_errors", ENCODING_ERRORS)
 
 
 def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
@@ -68,60 +68,69 @@ def load_data(spec: str, options: DataOptions | None = None) -> SequenceData:
     kind, _, arg = spec.partition(":")
     if kind in ("text", "lines", "words", "ts", "ucr", "idx", "labeled") and not arg:
         raise DataError(f"data spec {spec!r} needs an argument: {kind}:{'NAME' if kind == 'ucr' else 'PATH'}")
-    # idx:DIR[:pixels] and labeled:PATH[:words]: the variant is a suffix, so paths may hold ':'.
-    path_arg, _, variant = arg.rpartition(":")
-    if variant not in ("pixels", "rows", "words", "chars"):
-        path_arg, variant = arg, ""
-    if kind in ("stdlib", "shakespeare") and arg in ("", "lines", "words"):
-        corpus = text.stdlib_text if kind == "stdlib" else text.shakespeare_text
-        raw = corpus(opts.max_chars)
-        if arg == "lines":
-            data = text.char_lines(spec, raw, opts.seq_len)
-        elif arg == "words":
-            data = text.word_sentences(spec, [raw], opts.seq_len, opts.min_count)
-        else:
-            data = text.char_windows(spec, raw, opts.seq_len)
-    elif kind == "text":
-        texts = text.read_text_tree(Path(arg), opts.encoding_errors)
-        data = text.char_windows(spec, "".join(texts)[: opts.max_chars], opts.seq_len)
-    elif kind == "lines":
-        texts = text.read_text_tree(Path(arg), opts.encoding_errors)
-        data = text.char_lines(spec, "".join(texts)[: opts.max_chars], opts.seq_len)
-    elif kind == "words":
-        texts = text.read_text_tree(Path(arg), opts.encoding_errors)
-        data = text.word_sentences(spec, texts, opts.seq_len, opts.min_count)
-    elif kind == "ucr":
-        data = timeseries.load_ts_files(spec, timeseries.ucr_paths(arg))
-    elif kind == "ts":
-        path = Path(arg)
-        if not path.exists():
-            raise DataError(f"no such file: {path}")
-        if path.is_dir():
-            raise DataError(f"{path} is a directory; ts: takes one .ts file")
-        data = timeseries.load_ts_files(spec, [path])
-    elif kind == "digits" and arg in ("", "rows"):
-        data = timeseries.digits_data(rows=arg == "rows")
-    elif kind == "idx" and variant in ("", "pixels", "rows"):
-        data = images.idx_data(spec, Path(path_arg), pixels=variant == "pixels")
-    elif kind == "fashion-mnist" and arg in ("", "pixels", "rows"):
-        data = images.fashion_mnist(pixels=arg == "pixels")
-    elif kind == "labeled" and variant in ("", "words", "chars"):
-        data = labeled.labeled_file(
-            spec, Path(path_arg), opts.seq_len, variant == "words", opts.encoding_errors
-        )
-    elif kind == "names":
-        first = arg == "first"
-        data = names.names(opts.seq_len, first, Path(arg) if arg not in ("", "first", "last") else None)
-    elif kind == "wordnet":
-        data = labeled.wordnet(opts.seq_len, Path(arg) if arg else None)
-    else:
-        known = ", ".join(SPECS)
-        raise DataError(f"unknown data spec {spec!r}; known: {known}")
-    if opts.val_size < 1:
-        raise DataError(f"--val-size must be >= 1, got {opts.val_size}")
+    data = _build(spec, kind, arg, opts)
+    if data is None:
+        raise DataError(f"unknown data spec {spec!r}; known: {', '.join(SPECS)}")
     data.split(opts.val_fraction, opts.split_seed, opts.val_size)
     if opts.train_size is not None:
         data.keep_train(opts.train_size, opts.split_seed)
     if kind in ("ucr", "ts", "digits"):  # images come normalised; text is token ids
         timeseries.standardise(data)
     return data
+
+
+def _build(spec: str, kind: str, arg: str, opts: DataOptions) -> SequenceData | None:
+    """The unsplit dataset of a spec's kind and argument, or None for an unknown spec."""
+    # idx:DIR[:pixels] and labeled:PATH[:words]: the variant is a suffix, so paths may hold ':'.
+    path_arg, _, variant = arg.rpartition(":")
+    if variant not in ("pixels", "rows", "words", "chars"):
+        path_arg, variant = arg, ""
+    if kind in ("stdlib", "shakespeare") and arg in ("", "lines", "words"):
+        return _bundled_text(spec, kind, arg, opts)
+    if kind in ("text", "lines", "words"):
+        return _text_files(spec, kind, Path(arg), opts)
+    if kind == "ucr":
+        return timeseries.load_ts_files(spec, timeseries.ucr_paths(arg))
+    if kind == "ts":
+        return timeseries.load_ts_files(spec, [_one_file(Path(arg))])
+    if kind == "digits" and arg in ("", "rows"):
+        return timeseries.digits_data(rows=arg == "rows")
+    if kind == "idx" and variant in ("", "pixels", "rows"):
+        return images.idx_data(spec, Path(path_arg), pixels=variant == "pixels")
+    if kind == "fashion-mnist" and arg in ("", "pixels", "rows"):
+        return images.fashion_mnist(pixels=arg == "pixels")
+    if kind == "labeled" and variant in ("", "words", "chars"):
+        words = variant == "words"
+        return labeled.labeled_file(spec, Path(path_arg), opts.seq_len, words, opts.encoding_errors)
+    if kind == "names":
+        path = Path(arg) if arg not in ("", "first", "last") else None
+        return names.names(opts.seq_len, arg == "first", path)
+    if kind == "wordnet":
+        return labeled.wordnet(opts.seq_len, Path(arg) if arg else None)
+    return None
+
+
+def _bundled_text(spec: str, kind: str, arg: str, opts: DataOptions) -> SequenceData:
+    raw = (text.stdlib_text if kind == "stdlib" else text.shakespeare_text)(opts.max_chars)
+    if arg == "lines":
+        return text.char_lines(spec, raw, opts.seq_len)
+    if arg == "words":
+        return text.word_sentences(spec, [raw], opts.seq_len, opts.min_count)
+    return text.char_windows(spec, raw, opts.seq_len)
+
+
+def _text_files(spec: str, kind: str, path: Path, opts: DataOptions) -> SequenceData:
+    texts = text.read_text_tree(path, opts.encoding_errors)
+    if kind == "words":
+        return text.word_sentences(spec, texts, opts.seq_len, opts.min_count)
+    cut = "".join(texts)[: opts.max_chars]
+    cutter = text.char_lines if kind == "lines" else text.char_windows
+    return cutter(spec, cut, opts.seq_len)
+
+
+def _one_file(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; ts: takes one .ts file")
+    return path

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from seqis.errors import ConfigError
 from seqis.experiments.budgets import analyse_budgets, budget_of
+from seqis.importance.lr_scale import LrMultiplier
 from seqis.importance.noise import fixed_lr_step_gain, scheduled_step_gain
-from seqis.importance.switch import Switch
 from seqis.training.config import TrainConfig
 from seqis.training.metrics import read_metrics
-from seqis.training.trainer import make_schedule
+from seqis.training.schedule import Schedule
 
 FRACTIONS = (0.3, 0.6, 0.9, 1.0)
 # Each race metric and whether lower or higher is better.
@@ -221,9 +221,9 @@ def scheduled_prediction(summary: dict) -> float | None:
     if not records or not steps or "schedule" not in saved:
         return None
     config = TrainConfig.from_dict(saved)  # the trainer's own schedule over the run's own plan
-    global_batch = config.batch_size * summary.get("world_size", 1)
-    schedule = make_schedule(config, summary["data_stats"]["train"], global_batch)
-    switch = Switch(config.mining, config.batch_size, cost=0.0)
+    plan = config.plan(summary["data_stats"]["train"], summary.get("world_size", 1))
+    schedule = Schedule.over(plan, config.schedule, config.warmup, config.lr_floor)
+    multiplier = LrMultiplier(config.mining.lr_scale, config.mining.lr_scale_max)  # the switch's rule
     factors, gains, multipliers = [], [], []
     gain, at = 1.0, 0
     for step in range(steps):
@@ -231,10 +231,10 @@ def scheduled_prediction(summary: dict) -> float | None:
             record, at = records[at], at + 1
             on = bool(record["active"]) and record["predicted_step_gain_lr_retuned"] is not None
             gain = record["predicted_step_gain_lr_retuned"] if on else 1.0
-            switch.update_lr_multiplier(record["variance_cut"], on)
+            multiplier.update(record["variance_cut"], on)
         factors.append(schedule.factor(step * schedule.step_share))
         gains.append(gain)
-        multipliers.append(switch.lr_multiplier)
+        multipliers.append(multiplier.value)
     return scheduled_step_gain(factors, gains, multipliers)
 
 
@@ -244,6 +244,8 @@ def run_record(summary: dict, rows: list[dict]) -> dict:
     return {
         **{k: summary.get(k) for k in RECORD_KEYS},
         "lr": summary["config"]["lr"],
+        # the rule the run scaled its rate by (auto resolved when the run was configured)
+        "lr_scale": summary["config"].get("mining", {}).get("lr_scale", "none"),
         "budget": budget_of(summary),
         **predicted_while_on(summary),
         "scheduled_step_gain": scheduled_prediction(summary),

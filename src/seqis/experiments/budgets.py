@@ -1,5 +1,7 @@
 """The budget protocol: final validation quality per training budget, and what it saves.
 
+Numbers only; their markdown is :mod:`seqis.experiments.tables`'s.
+
 A budget race trains every sampler and seed once per budget (a share of the planned steps
 or epochs), each with its schedule decayed over that budget, as InfoBatch and Kaddour et
 al. measure. Two figures per sampler, from the mean final validation loss over seeds:
@@ -17,15 +19,6 @@ al. measure. Two figures per sampler, from the mean final validation loss over s
 from __future__ import annotations
 
 import statistics
-
-TOLERANCE_RULE = (
-    "A sampler matches uniform when its mean final validation loss is at most uniform's mean at the "
-    "full budget plus a tolerance of half the min–max range of uniform's seeds at the full budget. "
-    "Lossless saving = the smallest budget at which uniform itself matches / the smallest at which "
-    "the sampler does (so a sampler identical to uniform saves exactly 1). "
-    "Budgets between measured ones are interpolated linearly; below the smallest measured budget "
-    "nothing is extrapolated (≥ marks a lower bound)."
-)
 
 
 def budget_of(summary: dict) -> float:
@@ -135,58 +128,3 @@ def analyse_budgets(records: list[dict]) -> dict:
         "table": {s: {str(b): v for b, v in rows.items()} for s, rows in table.items()},
         "figures": figures,
     }
-
-
-def saving_cell(lossless: dict) -> str:
-    """``1.32× (steps 1.30×, time 1.41×)``, ``≥ 2.00×`` as a bound, ``< 1 (+0.012)`` when never matched."""
-    if lossless["kind"] == "both":
-        return "– (uniform and the sampler both match at the smallest budget: run smaller ones)"
-    if lossless["saving"] is None:
-        return f"< 1 (loss {lossless['gap_at_full']:+.4f} at the full budget)"
-    bound = {"at_most": "≥ ", "upper": "≤ "}.get(lossless["kind"], "")
-    return (
-        f"{bound}{lossless['saving']:.2f}× (steps {bound}{lossless['steps_saving']:.2f}×, "
-        f"time {bound}{lossless['time_saving']:.2f}×)"
-    )
-
-
-def equivalent_cell(equivalent: dict) -> str:
-    """``0.92 (steps worth 1.21×)``; ``> 1`` when uniform's full budget is worse."""
-    if equivalent["kind"] == "above":
-        return "> 1 (better than uniform's full budget)"
-    bound = "≤ " if equivalent["kind"] == "at_most" else ""
-    worth = equivalent.get("steps_worth")
-    steps = f" (steps worth {bound}{worth:.2f}×)" if worth is not None else ""
-    return f"{bound}{equivalent['budget']:.2f}{steps}"
-
-
-def budget_section(result: dict) -> str:
-    """Markdown: the budget table, then lossless saving and equivalent uniform budget per sampler."""
-    budgets = result["budget_protocol"]
-    table, figures = budgets["table"], budgets["figures"]
-    shares = sorted({float(b) for rows in table.values() for b in rows}, reverse=True)
-    head = "| sampler | " + " | ".join(f"budget {b:g}" for b in shares) + " |"
-    lines = [
-        "## Budget protocol (the headline)",
-        "",
-        TOLERANCE_RULE,
-        "",
-        head,
-        "|---" * (len(shares) + 1) + "|",
-    ]
-    for sampler, rows in table.items():
-        cells = []
-        for b in shares:
-            row = rows.get(str(b))
-            if row is None:
-                cells.append("–")
-                continue
-            loss, acc = row["loss"], row["acc"]
-            text = f"{loss['mean']:.4f} [{loss['min']:.4f}–{loss['max']:.4f}] n={loss['n']}"
-            text += f", acc {acc['mean']:.4f} [{acc['min']:.4f}–{acc['max']:.4f}]" if acc else ""
-            cells.append(text + f", {row['steps']:.0f} steps, {row['seconds']:.0f} s")
-        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-    lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]
-    for sampler, fig in figures.items():
-        lines.append(f"| {sampler} | {saving_cell(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
-    return "\n".join(lines) + "\n"

@@ -104,28 +104,28 @@ def plot_histogram(factors: np.ndarray, png: Path, title: str) -> Path:
     return _save(fig, png)
 
 
-def plot_noise(history: list[dict], png: Path, title: str) -> Path | None:
-    """The noise scale B and the predicted step gains at each switch decision of a run.
+def plot_switch(history: list[dict], png: Path, title: str) -> Path | None:
+    """The switch's decisions over a run: the step gain it predicted and weighed at each (the cut
+    itself while the noise scale was unknown), on and off marked; what its verdict rests on.
 
-    ``history`` holds the miner's named noise records (``step``, ``noise_scale``,
-    ``predicted_step_gain``, ``predicted_step_gain_lr_retuned``).
+    ``history`` holds the switch's decision records (``step``, ``gain``, ``active``, ``predicted``,
+    ``step_gain``).
     """
-    rows = [r for r in history if r["noise_scale"] is not None and r["predicted_step_gain"] is not None]
+    rows = [r for r in history if r.get("predicted") is not None]
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows], dtype=float)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    top.plot(steps, [r["noise_scale"] for r in rows])
-    top.set(ylabel="noise scale B (sequences)", title=title)
-    bottom.plot(steps, [r["predicted_step_gain"] for r in rows], label="at uniform's learning rate")
-    bottom.plot(
-        steps, [r["predicted_step_gain_lr_retuned"] for r in rows], ls="--", label="learning rate re-tuned"
-    )
-    bottom.legend()
-    bottom.axhline(1.0, color="black", lw=0.8)
-    bottom.set(xlabel="step", ylabel="predicted step gain")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
+    weighed = [r["step_gain"] if r.get("step_gain") is not None else r["predicted"] for r in rows]
+    active = np.array([bool(r["active"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, weighed, color="grey", lw=0.8)
+    ax.scatter(steps[active], np.array(weighed)[active], color="tab:green", label="on after this decision")
+    ax.scatter(steps[~active], np.array(weighed)[~active], color="tab:red", label="off after this decision")
+    ax.axhline(1.0, color="black", lw=0.8)
+    kind = "step gain" if any(r.get("step_gain") is not None for r in rows) else "variance cut"
+    ax.set(xlabel="step", ylabel=f"predicted {kind}", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, png)
 
 

@@ -15,16 +15,120 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from seqis.data.registry import load_data
-from seqis.errors import ConfigError
+from seqis.experiments.analysis import parse_targets
 from seqis.experiments.report import write_report
+from seqis.options import at_least, check, name, option
 from seqis.training.trainer import TrainConfig, train
+
+RACE = ("compare",)
+LearningRates = list[float] | dict[str, float]
+
+
+@dataclass
+class RaceConfig:
+    """What ``seqis compare`` races: samplers, seeds, learning rates, targets and budgets.
+
+    Text fields take the command line's spelling (``"uniform,fim"``, ``"uniform=0.004,fim=0.003"``)
+    or the parsed value (a list, a dict); either way they hold the parsed value after validation.
+
+    Example:
+        >>> race = RaceConfig(samplers="fim,prune", lrs="0.002,0.004", budgets="1,0.5")
+        >>> race.samplers, race.lrs, race.budgets
+        (['uniform', 'fim', 'prune'], [0.002, 0.004], [1.0, 0.5])
+    """
+
+    samplers: list[str] | str = option(
+        "uniform,fim",
+        "comma-separated sampler names: schemes, shorthands or scheme:factor (see train --help); "
+        "uniform, the baseline, is added when missing",
+        commands=RACE,
+        reader=str,
+    )
+    seeds: int = option(
+        3, "seeds 0..N-1: within a seed every sampler starts from the same parameters", commands=RACE
+    )
+    lrs: LearningRates | str | None = option(
+        None,
+        "learning rates: a grid every sampler runs (0.001,0.002; the report compares each sampler at its "
+        "own best) or each sampler's own (uniform=0.004,fim=0.003); default --lr",
+        commands=RACE,
+        reader=str,
+    )
+    targets: list[float] | str = option(
+        "auto",
+        "validation-loss targets for time to target: 'auto' (uniform's running best at 30/60/90/100%% of "
+        "its steps) or comma-separated losses",
+        commands=RACE,
+        reader=str,
+    )
+    budgets: list[float] | str | None = option(
+        None,
+        "the budget protocol: comma-separated shares of --steps/--epochs, 1 among them (e.g. "
+        "1,0.8,0.67,0.5); every sampler and seed trains once per budget, its schedule decayed over it",
+        commands=RACE,
+        reader=str,
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.samplers, str):
+            self.samplers = [s.strip() for s in self.samplers.split(",") if s.strip()]
+        check(bool(self.samplers), f"{name(self, 'samplers')} names no sampler")
+        if "uniform" not in self.samplers:
+            self.samplers = ["uniform", *self.samplers]
+        at_least(self, "seeds")
+        if isinstance(self.lrs, str):
+            self.lrs = _learning_rates(self, self.lrs)
+        if isinstance(self.lrs, dict):
+            missing = [s for s in self.samplers if s not in self.lrs]
+            check(not missing, f"{name(self, 'lrs')} gives no learning rate for {', '.join(missing)}")
+        if isinstance(self.targets, str) and self.targets != "auto":
+            self.targets = parse_targets(self.targets)
+        if isinstance(self.budgets, str):
+            self.budgets = _numbers(self, "budgets", self.budgets, upper=1.0)
+        if self.budgets is not None:
+            check(
+                1.0 in self.budgets,
+                f"{name(self, 'budgets')} must include 1, the full budget savings are measured by; "
+                f"got {self.budgets}",
+            )
+
+    @property
+    def targets_spec(self) -> str:
+        """The targets as the report records them: 'auto' or the comma-separated losses."""
+        return self.targets if isinstance(self.targets, str) else ",".join(f"{t:g}" for t in self.targets)
+
+
+def _numbers(race: RaceConfig, field_name: str, text: str, upper: float = float("inf")) -> list[float]:
+    """Comma-separated positive numbers (at most ``upper``)."""
+    flag = name(race, field_name)
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        check(False, f"{flag} must be comma-separated numbers, got {text!r}")
+    check(
+        bool(values) and all(0 < v <= upper for v in values),
+        f"{flag} must be numbers in (0, {upper:g}], got {text!r}",
+    )
+    return values
+
+
+def _learning_rates(race: RaceConfig, text: str) -> LearningRates:
+    """``lrs``: a grid (``0.001,0.002``) or each sampler's own (``uniform=0.004,fim=0.003``)."""
+    if "=" not in text:
+        return _numbers(race, "lrs", text)
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    check(
+        all(len(p) == 2 for p in pairs),
+        f"{name(race, 'lrs')} must be all numbers or all SAMPLER=NUMBER, got {text!r}",
+    )
+    return {sampler.strip(): _numbers(race, "lrs", value)[0] for sampler, value in pairs}
 
 
 def machine() -> dict:
@@ -53,9 +157,6 @@ def run_name(sampler: str, lr: float, seed: int, budget: float | None = None) ->
     return f"{sampler}-lr{lr:g}-seed{seed}" + (f"-b{budget:g}" if budget is not None else "")
 
 
-LearningRates = list[float] | dict[str, float]
-
-
 def run_order(
     samplers: list[str], seeds: int, lrs: LearningRates, budgets: list[float] | None = None
 ) -> list[tuple[int, float, str, float | None]]:
@@ -75,29 +176,16 @@ def run_order(
     return runs
 
 
-def compare(
-    base: TrainConfig,
-    samplers: list[str],
-    seeds: int,
-    targets: str = "auto",
-    command: str = "",
-    lrs: LearningRates | None = None,
-    budgets: list[float] | None = None,
-) -> dict:
+def compare(base: TrainConfig, race: RaceConfig, command: str = "") -> dict:
     """Run every sampler x learning rate x seed (x budget) one at a time; write the report.
 
-    ``samplers`` are ``TrainConfig.with_sampler`` names; uniform, the baseline, is added
-    when missing. ``lrs`` is a grid (tuned vs tuned: the report compares each sampler at its
-    best) or each sampler's own learning rate. With ``budgets`` (shares of the planned steps or
-    epochs), every run trains once per budget with its schedule decayed over that budget.
+    ``race.samplers`` are ``TrainConfig.with_sampler`` names. ``race.lrs`` is a grid (tuned vs
+    tuned: the report compares each sampler at its best) or each sampler's own learning rate.
+    With ``race.budgets`` (shares of the planned steps or epochs), every run trains once per
+    budget with its schedule decayed over that budget.
     """
-    if "uniform" not in samplers:
-        samplers = ["uniform", *samplers]
-    lrs = lrs or [base.lr]
-    if isinstance(lrs, dict):
-        missing = [s for s in samplers if s not in lrs]
-        if missing:
-            raise ConfigError(f"--lrs gives no learning rate for {', '.join(missing)}")
+    samplers, seeds, budgets = race.samplers, race.seeds, race.budgets
+    lrs = race.lrs or [base.lr]
     base.validate()
     for s in samplers:
         base.with_sampler(s).validate()  # every sampler's mistakes before the first run
@@ -117,7 +205,7 @@ def compare(
         "time_budget": base.time_budget,
         "steps": base.steps,
         "epochs": base.epochs,
-        "targets": targets,
+        "targets": race.targets_spec,
         "run_order": [run_name(s, lr, seed, b) for seed, lr, s, b in runs],
     }
     if budgets:

@@ -1,4 +1,5 @@
-"""A race's report: markdown tables, ``report.md``, plots, and ``write_report`` that ties them.
+"""A race's report: ``report.md`` (its tables from :mod:`seqis.experiments.tables`), its plots, and
+``write_report`` that ties them.
 
 ``write_report`` rebuilds everything from a race's folder alone (``race.json`` and the run
 folders), so a report can be regenerated, or changed, without training again.
@@ -7,145 +8,26 @@ folders), so a report can be regenerated, or changed, without training again.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
-from seqis.experiments.analysis import FRACTIONS, METRICS, analyse, load_runs, tuned_runs
-from seqis.experiments.budgets import budget_section
+from seqis.experiments.analysis import analyse, load_runs, tuned_runs
 from seqis.experiments.plots import plot_race, plot_speedups
-
-LABELS = {
-    "val_loss": "validation loss",
-    "train_eval_loss": "training loss (fixed subset)",
-    "val_acc": "validation accuracy",
-}
-RUN_HEADER = (
-    "| sampler | lr | steps | steps/s | best val loss | final val loss | best train_eval loss "
-    "| best val acc | mining share | IS active | clipped | ceiling | predicted step gain (lr re-tuned) |\n"
-    + "|---" * 13
-    + "|"
+from seqis.experiments.tables import (
+    CELL_RULE,
+    LABELS,
+    RUN_HEADER,
+    budget_section,
+    grid_table,
+    metric_section,
+    run_row,
+    table,
 )
-
-
-BOUND_MARK = {"exact": "", "lower": "≥", "upper": "≤"}
-CELL_RULE = (
-    "Each cell: median over the seeds' pairs, n = pairs it stands on. ≥ marks a lower bound (in some "
-    "pair uniform never reached the target, its whole run taken as its time), ≤ an upper bound (the "
-    "sampler never reached it); a cell whose pairs are bounds of both kinds shows no median. Pairs "
-    "where neither run reached the target are counted as 'neither', never dropped silently."
-)
-
-
-def cell(stat: dict, digits: int = 2) -> str:
-    """``≥1.21 n=3``, ``– (bounds both ways) n=3`` or ``– (neither reached: 3 of 3)``."""
-    neither = stat.get("neither_reached", 0)
-    total = stat["n"] + neither
-    if stat["n"] == 0:
-        return f"– (neither reached: {neither} of {total})"
-    kind = stat.get("kind", "lower" if stat.get("censored") else "exact")
-    text = (
-        "– (bounds both ways)" if stat["median"] is None else f"{BOUND_MARK[kind]}{stat['median']:.{digits}f}"
-    )
-    return text + f" n={stat['n']}" + (f", {neither} neither" if neither else "")
-
-
-def _fmt(stat: dict) -> str:
-    text = cell(stat)
-    return text if stat["median"] is None else text + f" ({stat['min']:.2f}–{stat['max']:.2f})"
-
-
-def table(result: dict, key: str = "speedup", metric: str = "val_loss") -> str:
-    """Speedups (``key``: speedup or step_speedup) of every sampler at every target of ``metric``."""
-    targets = [str(t) for t in result["targets"][metric]]
-    header = [f"{f:.0%}: {float(t):.4f}" for f, t in zip(FRACTIONS, targets, strict=True)]
-    lines = ["| sampler | " + " | ".join(header) + " |", "|---|" + "---|" * len(targets)]
-    for sampler, per_target in result[key][metric].items():
-        lines.append(f"| {sampler} | " + " | ".join(_fmt(per_target[t]) for t in targets) + " |")
-    return "\n".join(lines)
-
-
-def _predicted_cell(at_uniform_lr: float | None, retuned: float | None) -> str:
-    """'2 - 1/G (G)', or – before the noise scale is known."""
-    if at_uniform_lr is None:
-        return "–"
-    return f"{at_uniform_lr:.2f} ({retuned:.2f})"
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def _num(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def grid_table(result: dict) -> str:
-    """Median over seeds of each run's best validation loss, sampler x learning rate.
-
-    Per-sampler learning rates (``--lrs uniform=…,fim=…``) give one column per distinct rate;
-    a sampler's cell at a rate it did not run is empty.
-    """
-    lrs = result["lrs"]
-    lrs = sorted(set(lrs.values())) if isinstance(lrs, dict) else lrs
-    lines = ["| sampler | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
-    for s in result["samplers"]:
-        cells = []
-        for lr in lrs:
-            best = _median(
-                [r["best"]["val_loss"] for r in result["runs"] if r["sampler"] == s and r["lr"] == lr]
-            )
-            mark = " **(best)**" if result["best_lr"].get(s) == lr and len(lrs) > 1 else ""
-            cells.append(_num(best, ".4f") + mark)
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _run_row(result: dict, sampler: str) -> str:
-    """One sampler's line of the runs table: medians over its seeds at its best learning rate."""
-    runs = [r for r in result["runs"] if r["sampler"] == sampler and r["tuned"]]
-
-    def med(key):
-        return _median([r[key] for r in runs])
-
-    best = {k: _median([r["best"].get(k) for r in runs]) for k in result["metrics"]}
-    cells = [
-        sampler,
-        f"{result['best_lr'][sampler]:g}",
-        f"{med('steps'):.0f}",
-        _num(med("steps_per_s"), ".2f"),
-        _num(best["val_loss"], ".4f"),
-        _num(med("final_val_loss"), ".4f"),
-        _num(best.get("train_eval_loss"), ".4f"),
-        _num(best.get("val_acc"), ".4f"),
-        _num(med("mining_share"), ".1%"),
-        _num(med("is_active_share"), ".0%"),
-        _num(med("clipped_share"), ".0%"),
-        _num(med("factor_ceiling"), ".3f"),
-        _predicted_cell(med("predicted_step_gain"), med("predicted_step_gain_lr_retuned")),
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _metric_section(result: dict, metric: str) -> str:
-    """A metric's time and step speedup tables, under its heading."""
-    direction = "at or above" if METRICS[metric] is max else "at or below"
-    return f"""### {LABELS[metric]} (`{metric}`)
-
-Time to the first evaluation {direction} each target, uniform's / the sampler's:
-
-{result["tables"][metric]}
-
-The same in training steps:
-
-{result["step_tables"][metric]}
-"""
 
 
 def report(result: dict) -> str:
     """``report.md`` of a race's summary (with its ``tables`` and ``step_tables``)."""
     m = result["machine"]
-    per_sampler = [_run_row(result, s) for s in result["samplers"]]
+    per_sampler = [run_row(result, s) for s in result["samplers"]]
     if result["steps"]:
         budget = f"{result['steps']} steps per run"
     elif result.get("epochs"):
@@ -154,7 +36,7 @@ def report(result: dict) -> str:
         budget = f"{result['time_budget']:.0f} s of training per run"
     else:
         budget = "as planned in the command"
-    sections = [_metric_section(result, metric) for metric in result["metrics"]]
+    sections = [metric_section(result, metric) for metric in result["metrics"]]
     lrs = result["lrs"]
     lrs = (
         ", ".join(f"{s} {lr:g}" for s, lr in lrs.items())

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seqis.data.base import Batch
 from seqis.models.rnn import ModelOutput
-
-FACTORS = ("fim", "gradnorm", "loss", "exact")
 
 
 def _deltas(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -227,18 +226,109 @@ def _looped_grad_norms(model: nn.Module, batch, names: list[str]) -> Tensor:
     return torch.stack(norms)
 
 
-HARVESTERS: dict[str, Callable[[ModelOutput], Tensor]] = {
-    "fim": lambda out: fim_factors(out.logits, out.hidden, out.targets, out.mask),
-    "gradnorm": gradnorm_factors,
-    "loss": loss_factors,
-}
+# -- the registry -----------------------------------------------------------------------------
+OUTPUT_LAYER = "output layer"  # norms of the output layer's gradient: the noise scale reads its |G_b|^2
+WHOLE_MODEL = "whole gradient"  # norms of every parameter's gradient
 
 
-def score(kind: str, model: nn.Module, batch, out: ModelOutput | None = None) -> Tensor:
-    """Factors of ``kind`` for ``batch``, reusing a forward output when one is given."""
-    if kind == "exact":
-        return exact_factors(model, batch)
-    if out is None:
+@dataclass(frozen=True)
+class Factor:
+    """An importance factor: how seqis harvests, scores and judges it.
+
+    ``harvest(model, batch, output, count)`` gives the factors of the first ``count`` sequences
+    of a training step from its forward pass (or :class:`PendingFactors`, computed later in
+    bulk); ``score(model, batch)`` gives a whole batch's from a forward-only pass (refresh,
+    presampling, diagnose). ``gradient_of`` names the gradient the factors are per-sequence
+    norms of (:data:`OUTPUT_LAYER` or :data:`WHOLE_MODEL`): the noise scale B is defined for
+    such factors only, and reads the batch gradient of the same parameters. ``from_hooks(grads,
+    inputs)`` computes the factors from an output layer's recorded output gradients ``(B, T, K)``
+    and inputs ``(B, T, H)``, so that :class:`~seqis.training.own_loop.ImportanceLoader` can
+    harvest it in a user's own loop (None: it cannot). ``own_pass``: it needs a pass of its own
+    (it cannot rank sequences from the training pass alone).
+    """
+
+    name: str
+    help: str
+    harvest: Callable[[nn.Module, Batch, ModelOutput, int], Tensor | PendingFactors]
+    score: Callable[[nn.Module, Batch], Tensor]
+    gradient_of: str | None = None
+    from_hooks: Callable[[Tensor, Tensor], Tensor] | None = None
+    own_pass: bool = False
+
+
+FACTORS: dict[str, Factor] = {}
+
+
+def register_factor(factor: Factor) -> Factor:
+    """Add ``factor`` to the registry: ``--factor NAME`` and ``MiningConfig(factor=NAME)`` take it.
+
+    Example:
+        >>> register_factor(Factor("ones", "every sequence alike", harvest=lambda m, b, out, k:
+        ...     torch.ones(k), score=lambda m, b: torch.ones(len(b.index))))   # doctest: +SKIP
+    """
+    if factor.name in FACTORS:
+        raise ValueError(f"a factor named {factor.name!r} is registered already")
+    FACTORS[factor.name] = factor
+    return factor
+
+
+def factor_named(name: str) -> Factor:
+    return FACTORS[name]
+
+
+def _forward_score(of_output: Callable[[ModelOutput, Batch], Tensor]) -> Callable[[nn.Module, Batch], Tensor]:
+    """A forward-only score from a function of a forward pass's outputs."""
+
+    def score(model: nn.Module, batch: Batch) -> Tensor:
         with torch.inference_mode():
-            out = model(batch)
-    return HARVESTERS[kind](out)
+            return of_output(model(batch), batch)
+
+    return score
+
+
+def _fim_of(out: ModelOutput, batch: Batch) -> Tensor:
+    return fim_factors(out.logits, out.hidden, out.targets, out.mask)
+
+
+def _hooked_gradnorm(grads: Tensor, inputs: Tensor) -> Tensor:
+    """K&F's bound from the output gradients alone: sqrt(sum_t ||g_t||^2)."""
+    return grads.pow(2).sum((1, 2)).sqrt()
+
+
+register_factor(
+    Factor(
+        "fim",
+        "the exact norm of a sequence's output-layer gradient, from the training pass (default)",
+        harvest=lambda model, batch, out, k: harvest_fim(out.logits, out.hidden, out.targets, out.mask, k),
+        score=_forward_score(_fim_of),
+        gradient_of=OUTPUT_LAYER,
+        from_hooks=output_layer_norms,
+    )
+)
+register_factor(
+    Factor(
+        "gradnorm",
+        "Katharopoulos & Fleuret's bound, the norm of the loss gradient w.r.t. the logits",
+        harvest=lambda model, batch, out, k: gradnorm_factors(out.head(k)),
+        score=_forward_score(lambda out, batch: gradnorm_factors(out)),
+        from_hooks=_hooked_gradnorm,
+    )
+)
+register_factor(
+    Factor(
+        "loss",
+        "the sequence's loss",
+        harvest=lambda model, batch, out, k: loss_factors(out.head(k)),
+        score=_forward_score(lambda out, batch: loss_factors(out)),
+    )
+)
+register_factor(
+    Factor(
+        "exact",
+        "the true norm of the whole model's per-sequence gradient (slow: a pass of its own)",
+        harvest=lambda model, batch, out, k: exact_factors(model, batch.head(k)),
+        score=exact_factors,
+        gradient_of=WHOLE_MODEL,
+        own_pass=True,
+    )
+)

@@ -19,7 +19,7 @@ the calls are laid side by side as extra time steps, so the sums above run over 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -30,6 +30,9 @@ from seqis.importance.factors import output_layer_norms
 
 class OutputLayerNorms:
     """Per-sequence output-layer gradient norms, from hooks on ``layer``.
+
+    ``norms`` turns the recorded output gradients and inputs into factors: the exact
+    output-layer gradient norm (``fim``) by default, or another factor's ``from_hooks``.
 
     The record holds every grad-enabled forward call since it started and every backward
     call's output gradients; it starts afresh at :meth:`reset` or at the first forward after
@@ -44,10 +47,11 @@ class OutputLayerNorms:
         >>> sampler.record(index, factors)
     """
 
-    def __init__(self, layer: nn.Linear):
+    def __init__(self, layer: nn.Linear, norms: Callable[[Tensor, Tensor], Tensor] = output_layer_norms):
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"OutputLayerNorms needs an nn.Linear output layer, got {type(layer).__name__}")
         self.layer = layer
+        self._norms = norms  # (grads (B, T, K), inputs (B, T, H)) -> (B,): a factor's from_hooks
         self._inputs: list[Tensor] = []  # one per grad-enabled forward call, in call order
         self._grads: list[Tensor] = []  # one per backward call, in the order the hooks fired
         self._paused = False
@@ -123,7 +127,7 @@ class OutputLayerNorms:
         batch = len(inputs)
         inputs, grads = inputs[:count], grads[:count]
         dtype = torch.promote_types(grads.dtype, torch.float32)
-        norms = output_layer_norms(grads.to(dtype), inputs.to(dtype))
+        norms = self._norms(grads.to(dtype), inputs.to(dtype))
         coefficient = torch.ones_like(norms) if weights is None else weights.detach()[: len(norms)].to(norms)
         if reduction == "mean":
             coefficient = coefficient / batch

@@ -33,21 +33,17 @@ from torch import Tensor
 
 from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
-from seqis.importance.factors import PendingFactors
+from seqis.importance.factors import FACTORS, PendingFactors
 from seqis.importance.noise import NoiseScale
 from seqis.importance.switch import (
     HarvestSample,
+    Judgement,
     NoiseRecord,
     StoreState,
-    Switch,
     as_records,
-    mining_cost,
     weighted_ceiling,
 )
-
-# Factors that are gradient norms of the same quantity as the batch gradient the caller reads:
-# the noise scale B is defined for them only; for the others the switch decides on the gain.
-NOISE_FACTORS = ("fim", "exact")
+from seqis.plan import Plan
 
 
 class FactorStore(Protocol):
@@ -146,8 +142,9 @@ class Miner:
     ``lengths`` (indexed by dataset index) orders the refresh sweep so that its batches carry
     little padding, and are the costs of cost-aware draws. ``grad_batch_size`` is the number of
     sequences the gradient passed to :meth:`harvest` averages (default: the sampler's batch).
-    Under ``torch.distributed`` every rank passes its own slice and the miner gathers.
-    :func:`seqis.training.wiring.sampling_for` builds sampler and miner together.
+    ``plan`` places ``anneal``'s uniform tail and the horizon the switch predicts over (without
+    one: no tail, and an epoch). Under ``torch.distributed`` every rank passes its own slice and
+    the miner gathers. :func:`seqis.training.wiring.sampling_for` builds sampler and miner together.
 
     Example:
         >>> miner = Miner(sampler, MiningConfig(), score_fn=my_forward_only_factors)
@@ -164,22 +161,18 @@ class Miner:
         score_fn: Callable[[Tensor], Tensor] | None = None,
         lengths: Tensor | None = None,
         ctx: DistContext | None = None,
-        total_steps: int | None = None,
+        plan: Plan | None = None,
         grad_batch_size: int | None = None,
-        planned_steps: int | None = None,
         record_every: int = 8,
     ):
         self.sampler, self.config, self.score_fn, self.lengths = sampler, config, score_fn, lengths
+        self.plan = plan or Plan(len(sampler.indices), sampler.batch_size)
         # With ``anneal``, the last share of the planned steps is uniform: importance sampling
         # speeds up the hard sequences, and, left on to the end, memorises them sooner.
-        self.uniform_from = (
-            math.ceil((1.0 - config.anneal) * total_steps) if total_steps and config.anneal > 0 else None
-        )
+        self.uniform_from = self.plan.tail_start(config.anneal)
         # Under DDP or Lightning the miner joins the caller's process group: every rank must
         # see every rank's factors, or their switch decisions could differ.
         self.ctx = ctx or DistContext.current()
-        # The switch predicts the cut over the rest of the plan (an epoch when there is none).
-        self.planned_steps = planned_steps or total_steps
         order = torch.argsort(lengths[sampler.indices], stable=True) if lengths is not None else None
         self._sweep = sampler.indices[order] if order is not None else sampler.indices
         self._sweep_cursor = 0
@@ -195,10 +188,12 @@ class Miner:
         self.active_steps = 0
         self.steps = 0
         refreshes = score_fn is not None and config.refresh_share > 0
-        self.switch = Switch(config, sampler.batch_size, mining_cost(config, refreshes))
-        noisy = sampler.importance_weights and config.factor in NOISE_FACTORS
+        self.switch = config.scheme.make_switch(config, sampler.batch_size, refreshes)
+        # B is defined for factors that are gradient norms of what the batch gradient reads.
+        noisy = sampler.importance_weights and FACTORS[config.factor].gradient_of is not None
         self.noise = NoiseScale(grad_batch_size or sampler.batch_size) if noisy else None
         self.noise_history: list[NoiseRecord] = []
+        self._validations: list[tuple[int, float, float]] = []  # held until every rank meets (DDP)
 
     @property
     def lr_multiplier(self) -> float:
@@ -356,20 +351,46 @@ class Miner:
                 self._refresh_credit -= cfg.refresh_batch
                 self.flush()  # held harvests are older than the refresh: they must not overwrite it
                 self.refresh(cfg.refresh_batch, step)
-        if self.uniform_from is not None and step + 1 >= self.uniform_from:
+        if self._in_tail(step + 1):
             self._uniform_to_the_end()  # annealed: no more decisions
-        elif step + 1 >= cfg.warmup_steps and (step + 1) % cfg.check_every == 0:
+        elif self._decides_after(step + 1):
             self.decide(step)
+
+    def _in_tail(self, steps_done: int) -> bool:
+        return self.uniform_from is not None and steps_done >= self.uniform_from
+
+    def _decides_after(self, steps_done: int) -> bool:
+        cfg = self.config
+        return steps_done >= cfg.warmup_steps and steps_done % cfg.check_every == 0
+
+    def judge(self, steps_done: int) -> Judgement:
+        """What the switch concludes after ``steps_done`` steps, as :meth:`decide` would, without
+        deciding: ``seqis diagnose`` reports it. After a step the switch already decided at, that
+        decision stands; in ``--anneal``'s uniform tail, after a tripped validation watch and
+        before the first decision the run is uniform, and the judgement says why."""
+        last = self.switch.last
+        if last is not None and last.step == steps_done:
+            return last
+        if self._in_tail(steps_done):
+            return Judgement(steps_done, False, "--anneal's uniform tail", judged=False)
+        if steps_done < self.config.warmup_steps:
+            warmup = f"the first {self.config.warmup_steps} steps are uniform"
+            return Judgement(steps_done, False, warmup, judged=False)
+        self.flush()
+        noise_scale = self.noise.noise_scale if self.noise is not None else None
+        store = self._store_state(steps_done - 1)
+        return self.switch.judge(steps_done, self.sampler.active, self._harvest_sample(), noise_scale, store)
 
     def decide(self, step: int) -> None:
         """Switch importance sampling on or off from the fresh harvest (and the store's coverage,
         one O(N) count every ``check_every`` steps)."""
         self.flush()
+        self._exchange_validations()
         start = time.perf_counter()
         noise_scale = self.noise.noise_scale if self.noise is not None else None
         sample, store = self._harvest_sample(), self._store_state(step)
         self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
-        if self.config.sampler == "presample":  # the pool the switch sized for the next period
+        if self.switch.pool_ratio is not None:  # presampling: the pool the switch sized for the next period
             self.sampler.ratio = self.switch.pool_ratio
             self._tell_noise_the_pool()
         if self.noise is not None:
@@ -383,20 +404,32 @@ class Miner:
     def observe_validation(self, step: int, val_loss: float, train_loss: float | None = None) -> None:
         """A validation after ``step`` steps (``train_loss``: the training loss of the same model,
         for the gap). When importance sampling's faster fitting stops paying on validation, the
-        run returns to uniform for good (:class:`seqis.importance.switch.ValidationWatch`)."""
-        if self.ctx.enabled:  # every rank must judge the same figures, or the samplers would part
-            train = math.nan if train_loss is None else train_loss
-            losses = torch.tensor([val_loss, train], dtype=torch.float64)
-            val_loss, train = (self.ctx.sum(losses) / self.ctx.world).tolist()
+        run returns to uniform for good (:class:`seqis.importance.switch.ValidationWatch`).
+
+        Not a collective: under ``torch.distributed`` any ranks may call it (rank 0 alone, or
+        all); the figures wait until the next switch decision, which every rank reaches at the
+        same step, and there every rank's watch judges the mean of what was reported.
+        """
+        train = math.nan if train_loss is None else float(train_loss)
+        self._validations.append((step, float(val_loss), train))
+        if not self.ctx.enabled:
+            self._exchange_validations()
+
+    def _exchange_validations(self) -> None:
+        """Hand the held validations to the watch (under DDP: every rank's, averaged per step)."""
+        held, self._validations = self._validations, []
+        if self.ctx.enabled:
+            held = _mean_per_step([row for rank in self.ctx.gather_object(held) for row in rank])
+        for step, val_loss, train in held:
             train_loss = None if math.isnan(train) else train
-        if self.switch.watch.observe(step, val_loss, train_loss, self.sampler.active):
-            self._uniform_to_the_end()
+            if self.switch.watch.observe(step, val_loss, train_loss, self.sampler.active):
+                self._uniform_to_the_end()
 
     def _uniform_to_the_end(self) -> None:
         """Importance sampling off for good (--anneal's tail, a tripped validation watch)."""
         self.flush()
         self._set_active(False)
-        self.switch.lr_multiplier = 1.0  # the uniform rest trains at the user's learning rate
+        self.switch.lr.reset()  # the uniform rest trains at the user's learning rate
 
     def _set_active(self, active: bool) -> None:
         if active == self.sampler.active:
@@ -409,7 +442,7 @@ class Miner:
 
     def _tell_noise_the_pool(self) -> None:
         """Presampled batches carry their pool mean's noise too: the noise scale must know r."""
-        if self.noise is not None and self.config.sampler == "presample":
+        if self.noise is not None and self.switch.pool_ratio is not None:
             self.noise.pool_ratio = self.sampler.ratio if self.sampler.active else None
 
     def noise_figures(self) -> dict:
@@ -428,9 +461,8 @@ class Miner:
             return None
         n, b = len(self.sampler.indices), self.sampler.batch_size
         refreshed = self.config.refresh_share if self.score_fn is not None else 0.0
-        end = min(self.planned_steps or math.inf, self.uniform_from or math.inf)  # --anneal: uniform after
-        left = end - (step + 1) if end < math.inf else math.ceil(n / b)
-        return StoreState.of(self.sampler.coverage, n, b, refreshed, max(left, 1))
+        horizon = self.plan.horizon(step, self.uniform_from)  # --anneal: uniform after its start
+        return StoreState.of(self.sampler.coverage, n, b, refreshed, horizon)
 
     def _harvest_sample(self) -> HarvestSample:
         """Steps, scale-normalised factors, weights and costs of the recent harvests."""
@@ -494,7 +526,7 @@ class Miner:
             return (
                 f"none: B needs gradient norms, not {self.config.factor} factors; the switch judges the gain"
             )
-        return "whole gradient" if self.config.factor == "exact" else "output layer"
+        return FACTORS[self.config.factor].gradient_of
 
     def state_dict(self) -> dict:
         _compute_pending(self._pending)  # a checkpoint holds factors, not the outputs they come from
@@ -511,6 +543,7 @@ class Miner:
             "noise": self.noise.state_dict() if self.noise else None,
             "noise_history": as_records(self.noise_history),
             "pending": [harvest.state_dict() for harvest in self._pending],
+            "validations": list(self._validations),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -528,3 +561,17 @@ class Miner:
             self.noise.load_state_dict(state["noise"])
         self.noise_history = [NoiseRecord(**row) for row in state["noise_history"]]
         self._pending = [PendingHarvest(**row) for row in state.get("pending", [])]
+        self._validations = [tuple(row) for row in state.get("validations", [])]
+
+
+def _mean_per_step(rows: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+    """Validations reported by several ranks for the same step, averaged (NaN: not reported)."""
+    by_step: dict[int, list[tuple[float, float]]] = {}
+    for step, val, train in rows:
+        by_step.setdefault(step, []).append((val, train))
+    merged = []
+    for step in sorted(by_step):
+        vals = np.array(by_step[step], dtype=np.float64)
+        trains = vals[:, 1][~np.isnan(vals[:, 1])]
+        merged.append((step, float(vals[:, 0].mean()), float(trains.mean()) if trains.size else math.nan))
+    return merged

@@ -32,7 +32,7 @@ same distribution and the switch does not flap.
 Presampling draws from fresh scores of a uniform pool of r b candidates, so its cut is bounded by
 the pool's own noise (:func:`pool_gain`: 1/g_pool = 1/r + 1/g in covariance) and its cost grows
 with r (a forward pass per candidate). Katharopoulos & Fleuret switch on when the variance
-reduction pays for the pool; here the switch also sizes the pool (:meth:`Switch.size_pool`): the
+reduction pays for the pool; here the switch also sizes the pool (:meth:`PoolSwitch.size_pool`): the
 r whose predicted step gain beats its cost by the most.
 
 Beside the gains, :class:`ValidationWatch` watches what the user cares about: less gradient
@@ -41,20 +41,30 @@ When, with importance sampling on, the validation loss has not set a new best fo
 ``val_patience`` validations while the gap to the training loss widened, the run returns to
 uniform for good.
 
-``seqis diagnose`` judges a trained model with the same :meth:`Switch.pays`, so the two cannot
-disagree. Every decision depends on step counts and factors, never on measured time, so a run
-is reproducible and resumes bit-exactly.
+Every decision is a :class:`Judgement` (:meth:`Switch.judge`, free of side effects) that
+:meth:`Switch.decide` then keeps; ``seqis diagnose`` reports the judgement of the very miner a
+run decides with, so the two cannot disagree. Every decision depends on step counts and
+factors, never on measured time, so a run is reproducible and resumes bit-exactly.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seqis.importance.config import LR_RULES, PRESAMPLE_RATIO, PRESAMPLE_RATIOS, MiningConfig
+from seqis.importance.lr_scale import LrMultiplier
 from seqis.importance.noise import covariance_cut, predicted_step_gain, second_moment_cut
+
+if TYPE_CHECKING:  # the config names the scheme, whose switch this is: only its type is read here
+    from seqis.importance.config import MiningConfig
+
+# Presampling's pool is r b candidates, a forward pass each: r = 3 until the noise scale is
+# known, then the r of PRESAMPLE_RATIOS whose predicted step gain beats its cost by the most.
+PRESAMPLE_RATIO = 3
+PRESAMPLE_RATIOS = range(2, 9)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Decision:
     gain: float  # the predicted cut while off, the delivered one while on
     active: bool
     predicted: float | None = None  # the cut predicted over the rest of the run
+    step_gain: float | None = None  # the predicted step gain the decision weighed (B unknown: None)
 
 
 @dataclass(frozen=True)
@@ -172,17 +183,13 @@ def weighted_ceiling(factors: np.ndarray, weights: np.ndarray) -> float:
     return float(np.sum(w * s * s) / np.sum(w)) / mean**2 if mean > 0 else 1.0
 
 
-def mining_cost(config: MiningConfig, refreshes: bool, pool_ratio: int = PRESAMPLE_RATIO) -> float:
-    """Mining's predicted share of step time while IS is on.
-
-    Refresh costs ``refresh_fraction`` forward passes per trained sequence (when a scorer exists);
-    presampling scores ``pool_ratio`` candidates per trained sequence, every step.
-    """
+def mining_cost(config: MiningConfig, refreshes: bool) -> float:
+    """Mining's predicted share of step time while IS is on: the harvest's bookkeeping, and the
+    refresh's ``refresh_fraction`` forward passes per trained sequence (when a scorer exists).
+    Presampling's pool adds its candidates' passes (:meth:`PoolSwitch.pool_cost`)."""
     cost = config.harvest_cost
     if refreshes:
         cost += config.refresh_share * config.forward_cost
-    if config.sampler == "presample":
-        cost += pool_ratio * config.forward_cost
     return cost
 
 
@@ -249,8 +256,35 @@ class ValidationWatch:
             setattr(self, key, value)
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """What the switch concludes after ``step`` steps, and every figure it weighed.
+
+    ``decide`` applies a judgement; ``seqis diagnose`` reports one, so the two cannot disagree.
+    """
+
+    step: int
+    active: bool  # the state chosen
+    reason: str  # why, in a few words
+    gain: float = 1.0  # the cut judged: predicted while off, delivered (its sample) while on
+    predicted: float | None = None  # the cut predicted over the rest of the run
+    fresh: float | None = None  # fresh factors' promise (the harvest's estimated gain)
+    step_gain: float | None = None  # the predicted step gain weighed (None: the noise scale unknown)
+    cost: float = 0.0  # mining's predicted share of step time while on
+    noise_scale: float | None = None
+    quality: float = 1.0  # of stored factors, as learnt with this judgement
+    coverage: float | None = None  # of the store draws come from (None: fresh scores)
+    horizon: int | None = None  # steps the store's cut is predicted over
+    coverage_before: float | None = None
+    pool_ratio: int | None = None  # presampling's pool for the next period
+    judged: bool = True  # False: nothing to weigh (no switch, or the run is uniform to the end)
+
+
 class Switch:
     """Decides when importance sampling pays, and the learning-rate multiplier that goes with it.
+
+    Draws come from a store of factors (``store`` given) or from fresh scores; presampling's
+    pool is :class:`PoolSwitch`'s.
 
     Example:
         >>> switch = Switch(MiningConfig(), batch_size=64, cost=0.07)
@@ -258,78 +292,126 @@ class Switch:
         True
     """
 
+    pool_ratio: int | None = None  # presampling's pool, in batches (PoolSwitch)
+
     def __init__(self, config: MiningConfig, batch_size: int, cost: float):
         self.config, self.batch_size, self.cost = config, batch_size, cost
         self.history: list[Decision] = []
         self.predicted_gain = 1.0  # the latest predicted cut, while IS is off
-        self.lr_multiplier = 1.0
+        self.lr = LrMultiplier(config.lr_scale, config.lr_scale_max)
         self.quality = 1.0  # of stored factors, learnt from delivered cuts; no evidence yet: 1
         self._coverage_before: float | None = None  # at the previous on-state decision
         self.watch = ValidationWatch(config.val_patience if config.has_switch else 0)
-        self.pool_ratio = PRESAMPLE_RATIO  # presampling's pool, in batches (sized by size_pool)
+        self.last: Judgement | None = None  # the latest decision's judgement
+
+    @property
+    def lr_multiplier(self) -> float:
+        return self.lr.value
 
     def predicted_step_gain(self, gain: float, noise_scale: float | None) -> float | None:
         """Fewer steps that a second-moment ``gain`` buys, at the learning rate this run keeps."""
-        retuned = self.config.scales_lr
-        return predicted_step_gain(noise_scale, gain, self.batch_size, retuned)
+        return predicted_step_gain(noise_scale, gain, self.batch_size, self.config.scales_lr)
 
-    def keeps_paying(self, gain: float, noise_scale: float | None) -> bool:
+    def keeps_paying(self, gain: float, noise_scale: float | None, cost: float | None = None) -> bool:
         """Stay on: the step gain still beats half the mining cost (on needs all of it)."""
         step_gain = self.predicted_step_gain(gain, noise_scale)
         if step_gain is None:
             return True  # B unknown: min_gain_off alone decides
-        return step_gain >= 1.0 + self.cost / 2
+        return step_gain >= 1.0 + (self.cost if cost is None else cost) / 2
 
-    def learn_quality(self, delivered: float, fresh: float, coverage: float) -> None:
-        """q from an on-state harvest: the delivered cut against what coverage alone explains
-        (the mean coverage over the harvest's window: the delivered cut is of all its draws)."""
-        before, self._coverage_before = self._coverage_before, coverage
-        if before is None:  # the window began as IS switched on: its coverage grew from c0
-            return
-        explained = 0.5 * (before + coverage) * (1.0 - 1.0 / max(fresh, 1.0))
-        if explained < 0.1:  # too little of the store scored to tell quality from noise
-            return
-        seen = min(max((1.0 - 1.0 / max(delivered, 1e-9)) / explained, 0.0), 1.0)
-        self.quality = 0.5 * self.quality + 0.5 * seen
-
-    def predicted_cut(self, fresh: float, store: StoreState | None) -> float:
-        """The cut over the rest of the run: the store's, or fresh factors' where draws use them."""
-        if store is None:
-            return fresh
-        coverage = coverage_ahead(store.coverage, store.scored_per_step, store.horizon)
-        return store_gain(fresh, coverage, self.quality)
-
-    def size_pool(self, fresh: float, noise_scale: float | None) -> tuple[int, float]:
-        """Presampling's pool ratio r (the most step gain per unit of cost) and the cut it
-        predicts; r = ``PRESAMPLE_RATIO`` while the noise scale is unknown."""
-        if noise_scale is None:
-            return PRESAMPLE_RATIO, pool_gain(fresh, PRESAMPLE_RATIO)
-
-        def net(ratio: int) -> float:
-            step_gain = self.predicted_step_gain(pool_gain(fresh, ratio, noise_scale), noise_scale)
-            return step_gain / (1.0 + mining_cost(self.config, False, ratio))
-
-        ratio = max(PRESAMPLE_RATIOS, key=net)
-        return ratio, pool_gain(fresh, ratio, noise_scale)
-
-    def pooled_cut(self, fresh: float, noise_scale: float | None) -> float:
-        """Presampling: size the pool for the next period (and its cost); its predicted cut."""
-        self.pool_ratio, cut = self.size_pool(fresh, noise_scale)
-        self.cost = mining_cost(self.config, False, self.pool_ratio)
-        return cut
-
-    def prediction(self, fresh: float, noise_scale: float | None, store: StoreState | None) -> float:
-        """The cut this sampler's draws will deliver: presampling's pool, else the store's."""
-        if self.config.sampler == "presample":
-            return self.pooled_cut(fresh, noise_scale)
-        return self.predicted_cut(fresh, store)
-
-    def pays(self, gain: float, noise_scale: float | None) -> bool:
+    def pays(self, gain: float, noise_scale: float | None, cost: float | None = None) -> bool:
         """Switch on: the predicted step gain beats mining's cost; by ``min_gain`` while B is unknown."""
         step_gain = self.predicted_step_gain(gain, noise_scale)
         if step_gain is None:
             return gain >= self.config.min_gain
-        return step_gain >= 1.0 + self.cost
+        return step_gain >= 1.0 + (self.cost if cost is None else cost)
+
+    def learnt_quality(self, delivered: float, fresh: float, coverage: float) -> tuple[float, float]:
+        """q from an on-state harvest, and the coverage to remember: the delivered cut against what
+        coverage alone explains (the mean coverage over the harvest's window: the delivered cut is
+        of all its draws)."""
+        before = self._coverage_before
+        if before is None:  # the window began as IS switched on: its coverage grew from c0
+            return self.quality, coverage
+        explained = 0.5 * (before + coverage) * (1.0 - 1.0 / max(fresh, 1.0))
+        if explained < 0.1:  # too little of the store scored to tell quality from noise
+            return self.quality, coverage
+        seen = min(max((1.0 - 1.0 / max(delivered, 1e-9)) / explained, 0.0), 1.0)
+        return 0.5 * self.quality + 0.5 * seen, coverage
+
+    def learn_quality(self, delivered: float, fresh: float, coverage: float) -> None:
+        self.quality, self._coverage_before = self.learnt_quality(delivered, fresh, coverage)
+
+    def predicted_cut(self, fresh: float, store: StoreState | None, quality: float | None = None) -> float:
+        """The cut over the rest of the run: the store's, or fresh factors' where draws use them."""
+        if store is None:
+            return fresh
+        coverage = coverage_ahead(store.coverage, store.scored_per_step, store.horizon)
+        return store_gain(fresh, coverage, self.quality if quality is None else quality)
+
+    def prediction(
+        self, fresh: float, noise_scale: float | None, store: StoreState | None, quality: float | None = None
+    ) -> tuple[float, dict]:
+        """The cut this switch's draws will deliver, and what the switch would change to get it."""
+        return self.predicted_cut(fresh, store, quality), {}
+
+    def delivered(self, sample: HarvestSample, noise_scale: float | None) -> float:
+        """The cut the draws in use deliver, from their (importance-drawn) harvest."""
+        return delivered_gain(sample.factors, sample.weights, sample.costs)
+
+    def judge(
+        self,
+        step: int,
+        active: bool,
+        sample: HarvestSample,
+        noise_scale: float | None,
+        store: StoreState | None = None,
+    ) -> Judgement:
+        """The state after ``step`` steps, from the fresh harvest of the regime in use; no side effects.
+
+        ``store``: the coverage and scoring rate of the store draws come from (None when draws
+        are made from fresh scores, as presampling's are).
+        """
+        base = {"step": step, "cost": self.cost, "noise_scale": noise_scale, "quality": self.quality}
+        if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
+            return Judgement(active=True, reason="always on: no switch", judged=False, **base)
+        if self.watch.tripped:  # validation said faster fitting stopped paying: uniform to the end
+            return Judgement(active=False, reason="the validation watch tripped", judged=False, **base)
+        # Cost-aware: the gain of the distribution the sampler draws (p ~ s/sqrt(c)); while on the
+        # harvest is importance-drawn, and its weights turn its means into uniform's.
+        fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
+        quality, coverage_before = self.quality, None
+        if active:
+            gain = self.delivered(sample, noise_scale)
+            if store is not None:
+                quality, coverage_before = self.learnt_quality(gain, fresh, store.coverage)
+            else:
+                coverage_before = self._coverage_before
+            predicted, changes = self.prediction(fresh, noise_scale, store, quality)
+            cost = changes.get("cost", self.cost)
+            step_gain = self.predicted_step_gain(predicted, noise_scale)
+            now = gain >= self.config.min_gain_off and self.keeps_paying(predicted, noise_scale, cost)
+            reason = "keeps paying" if now else "no longer pays"
+        else:
+            predicted, changes = self.prediction(fresh, noise_scale, store, quality)
+            gain, cost = predicted, changes.get("cost", self.cost)
+            step_gain = self.predicted_step_gain(gain, noise_scale)
+            now = self.pays(gain, noise_scale, cost)
+            reason = "pays" if now else "does not pay"
+        base.update(cost=cost, quality=quality)
+        if store is not None:
+            base.update(coverage=store.coverage, horizon=store.horizon)
+        return Judgement(
+            active=now,
+            reason=reason,
+            gain=gain,
+            predicted=predicted,
+            fresh=fresh,
+            step_gain=step_gain,
+            coverage_before=coverage_before,
+            pool_ratio=changes.get("pool_ratio", self.pool_ratio),
+            **base,
+        )
 
     def decide(
         self,
@@ -339,64 +421,96 @@ class Switch:
         noise_scale: float | None,
         store: StoreState | None = None,
     ) -> bool:
-        """The state after ``step`` steps, from the fresh harvest of the regime in use.
+        """Judge (:meth:`judge`) and keep what the judgement learnt; the state after ``step`` steps."""
+        judgement = self.judge(step, active, sample, noise_scale, store)
+        if judgement.judged:
+            self.apply(judgement, was_active=active)
+        return judgement.active
 
-        ``store``: the coverage and scoring rate of the store draws come from (None when draws
-        are made from fresh scores, as presampling's are).
-        """
-        if not self.config.has_switch:  # always on (pruning, --always-on): nothing to judge
-            return True
-        if self.watch.tripped:  # validation said faster fitting stopped paying: uniform to the end
-            return False
-        # Cost-aware: the gain of the distribution the sampler draws (p ~ s/sqrt(c)); while on the
-        # harvest is importance-drawn, and its weights turn its means into uniform's.
-        fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
-        if active:
-            gain = delivered_gain(sample.factors, sample.weights, sample.costs)
-            if self.config.sampler == "presample":  # within the pool in use; its own noise adds to it
-                gain = pool_gain(gain, self.pool_ratio, noise_scale)
-            if store is not None:
-                self.learn_quality(gain, fresh, store.coverage)
-            predicted = self.prediction(fresh, noise_scale, store)
-            now = gain >= self.config.min_gain_off and self.keeps_paying(predicted, noise_scale)
-        else:
-            gain = self.predicted_gain = predicted = self.prediction(fresh, noise_scale, store)
-            now = self.pays(gain, noise_scale)
-            self._coverage_before = None
-        self.history.append(Decision(step, gain, now, predicted))
-        return now
+    def apply(self, judgement: Judgement, was_active: bool) -> None:
+        """Keep a judgement: its learnt quality, its pool and cost, and the decision in the history."""
+        self.quality, self.cost = judgement.quality, judgement.cost
+        self._coverage_before = judgement.coverage_before if was_active else None
+        if not was_active:
+            self.predicted_gain = judgement.gain
+        j = judgement
+        self.history.append(Decision(j.step, j.gain, j.active, j.predicted, j.step_gain))
+        self.last = judgement
 
     def update_lr_multiplier(self, variance_cut: float | None, active: bool) -> None:
         """Move the lr multiplier towards rule(g) while IS is on (1 while off), bounded, smoothed."""
-        power = LR_RULES[self.config.lr_scale]
-        if power is None:
-            return
-        cut = variance_cut if active else None
-        target = 1.0 if cut is None else min(max(cut, 1.0) ** power, self.config.lr_scale_max)
-        self.lr_multiplier = 0.7 * self.lr_multiplier + 0.3 * target
+        self.lr.update(variance_cut, active)
 
     def state_dict(self) -> dict:
         return {
             "history": as_records(self.history),
             "predicted_gain": self.predicted_gain,
-            "lr_multiplier": self.lr_multiplier,
+            "lr_multiplier": self.lr.value,
             "quality": self.quality,
             "coverage_before": self._coverage_before,
             "watch": self.watch.state_dict(),
             "pool_ratio": self.pool_ratio,
+            "last": asdict(self.last) if self.last is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Decision(**row) for row in state["history"]]
         self.predicted_gain = state["predicted_gain"]
-        self.lr_multiplier = state["lr_multiplier"]
+        self.lr.value = state["lr_multiplier"]
         self.quality = state.get("quality", 1.0)
         self._coverage_before = state.get("coverage_before")
         if "watch" in state:
             self.watch.load_state_dict(state["watch"])
-        if self.config.sampler == "presample":  # the others' cost is fixed by their settings
-            self.pool_ratio = state.get("pool_ratio", PRESAMPLE_RATIO)
-            self.cost = mining_cost(self.config, False, self.pool_ratio)
+        last = state.get("last")
+        self.last = Judgement(**last) if last else None
+
+
+class PoolSwitch(Switch):
+    """Presampling's switch: its draws come from fresh scores of a pool of ``pool_ratio`` batches,
+    which it sizes (:meth:`size_pool`) and pays for (a forward pass per candidate)."""
+
+    def __init__(self, config: MiningConfig, batch_size: int, cost: float):
+        super().__init__(config, batch_size, cost)
+        self.base_cost = cost  # harvest and bookkeeping, without the pool
+        self.pool_ratio = PRESAMPLE_RATIO
+        self.cost = self.pool_cost(self.pool_ratio)
+
+    def pool_cost(self, ratio: int) -> float:
+        """Mining's share of step time with a pool of ``ratio`` batches: a forward pass per candidate."""
+        return self.base_cost + ratio * self.config.forward_cost
+
+    def size_pool(self, fresh: float, noise_scale: float | None) -> tuple[int, float]:
+        """Presampling's pool ratio r (the most step gain per unit of cost) and the cut it
+        predicts; r = ``PRESAMPLE_RATIO`` while the noise scale is unknown."""
+        if noise_scale is None:
+            return PRESAMPLE_RATIO, pool_gain(fresh, PRESAMPLE_RATIO)
+
+        def net(ratio: int) -> float:
+            step_gain = self.predicted_step_gain(pool_gain(fresh, ratio, noise_scale), noise_scale)
+            return step_gain / (1.0 + self.pool_cost(ratio))
+
+        ratio = max(PRESAMPLE_RATIOS, key=net)
+        return ratio, pool_gain(fresh, ratio, noise_scale)
+
+    def prediction(
+        self, fresh: float, noise_scale: float | None, store: StoreState | None, quality: float | None = None
+    ) -> tuple[float, dict]:
+        """The pool that pays best for the next period, and its cut."""
+        ratio, cut = self.size_pool(fresh, noise_scale)
+        return cut, {"pool_ratio": ratio, "cost": self.pool_cost(ratio)}
+
+    def delivered(self, sample: HarvestSample, noise_scale: float | None) -> float:
+        """Within the pool in use; the pool's own noise adds to it."""
+        return pool_gain(super().delivered(sample, noise_scale), self.pool_ratio, noise_scale)
+
+    def apply(self, judgement: Judgement, was_active: bool) -> None:
+        super().apply(judgement, was_active)
+        self.pool_ratio = judgement.pool_ratio
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pool_ratio = state.get("pool_ratio") or PRESAMPLE_RATIO
+        self.cost = self.pool_cost(self.pool_ratio)
 
 
 @dataclass

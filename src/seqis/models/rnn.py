@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqis.data.base import LM, Batch
-from seqis.options import at_least_one, one_of, option, within
+from seqis.options import at_least, one_of, option, within
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -54,11 +54,10 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        one_of(self.cell, tuple(CELLS), "model")
-        at_least_one(self.hidden_size, "hidden")
-        at_least_one(self.num_layers, "layers")
-        at_least_one(self.embed_size, "embed")
-        within(self.dropout, 0, 1, "dropout", closed_high=False)
+        one_of(self, "cell", CELLS)
+        for field_name in ("hidden_size", "num_layers", "embed_size"):
+            at_least(self, field_name)
+        within(self, "dropout", 0, 1, closed_high=False)
 
 
 class RecurrentModel(nn.Module):

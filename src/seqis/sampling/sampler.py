@@ -10,6 +10,11 @@ Both yield lists of ``(index, weight)`` pairs when iterated (for a ``DataLoader`
 ``batch_sampler`` together with :class:`seqis.sampling.loader.WeightedDataset`); the
 training loop calls :meth:`draw` directly for tensors.
 
+Their settings are :class:`~seqis.importance.config.MiningConfig`'s, validated there (seqis builds
+samplers from it, :mod:`seqis.importance.schemes`); built by hand they take the same ranges:
+``smoothing`` in (0, 1], a prune ratio in [0, 1), anneal shares in [0, 1], a subset fraction in
+(0, 1]. They check only what no config knows: their indices, batch and costs.
+
 The samplers are single-replica: ``batch_size`` is the *global* batch they draw, and they
 know nothing of ranks. Under ``torch.distributed`` every rank holds an identical sampler
 (same seed, same factors), :class:`seqis.sampling.loader.RankSlice` hands each rank its
@@ -23,6 +28,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -63,6 +69,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self.seed = seed
         self.epoch = 0
         self._progress_base = 0.0  # epochs done when this one began (an epoch may end early)
+        self._progress_exact = Fraction(0)  # the same, exactly: whole sequences, never a float sum
         self._order = self._permutation()
         self._cursor = 0
         self._position: Tensor | None = None  # dataset index -> position, built on first use
@@ -106,10 +113,11 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         if epoch != self.epoch:
             self._start_epoch(epoch)
 
-    def _start_epoch(self, epoch: int, progress: float | None = None) -> None:
+    def _start_epoch(self, epoch: int, progress: float | None = None, exact: Fraction | None = None) -> None:
         """Begin ``epoch`` with ``progress`` epochs done (default: ``epoch``, whole epochs)."""
         self.epoch = epoch
         self._progress_base = float(epoch) if progress is None else progress
+        self._progress_exact = Fraction(epoch if progress is None else progress) if exact is None else exact
         self._order, self._cursor = self._permutation(), 0
 
     def _permutation(self) -> Tensor:
@@ -119,7 +127,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
     def _take(self, most: int) -> Tensor:
         """Up to ``most`` next positions of one epoch, starting the next epoch if this one is spent."""
         if self._cursor >= len(self._order):  # an epoch may be shorter than N (pruning)
-            self._start_epoch(self.epoch + 1, self._progress_base + 1.0)
+            self._start_epoch(self.epoch + 1, self._progress_base + 1.0, self._progress_exact + 1)
         take = self._order[self._cursor : self._cursor + most]
         self._cursor += len(take)
         return take
@@ -144,6 +152,11 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         ended early (pruning's full-data tail begins) counts the share of it that was trained.
         """
         return self._progress_base + self._cursor / max(1, len(self._order))
+
+    @property
+    def epochs_done_exact(self) -> Fraction:
+        """:attr:`epochs_done` as an exact fraction of sequences: what a plan's end is judged by."""
+        return self._progress_exact + Fraction(self._cursor, max(1, len(self._order)))
 
     def __iter__(self) -> Iterator[list[tuple[int, float]]]:
         """Whole batches as ``(index, weight)`` pairs (wrap in ``RankSlice`` to split them between ranks)."""
@@ -172,13 +185,28 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return pos[keep], values[keep], steps if np.ndim(steps) == 0 else steps[keep]
 
     def state_dict(self) -> dict:
+        exact = [self._progress_exact.numerator, self._progress_exact.denominator]
         progress = self._progress_base
-        return {"epoch": self.epoch, "cursor": self._cursor, "seed": self.seed, "progress": progress}
+        return {
+            "epoch": self.epoch,
+            "cursor": self._cursor,
+            "seed": self.seed,
+            "progress": progress,
+            "progress_exact": exact,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
-        self._start_epoch(state["epoch"], state.get("progress"))  # always: the seed may have changed
+        # Always a new epoch start: the seed may have changed.
+        self._start_epoch(state["epoch"], state.get("progress"), _exact_progress(state))
         self._cursor = state["cursor"]
+
+
+def _exact_progress(state: dict) -> Fraction | None:
+    """A saved state's exact progress (from checkpoints before it existed: its float, as it is)."""
+    if "progress_exact" in state:
+        return Fraction(*state["progress_exact"])
+    return Fraction(state["progress"]) if state.get("progress") is not None else None
 
 
 def repair_factors(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -229,9 +257,6 @@ class ImportanceSampler(UniformBatchSampler):
         lookahead: int = 8,
     ):
         super().__init__(indices, batch_size, seed)
-        if not 0.0 < smoothing <= 1.0:
-            # At 0 a sequence whose stored factor is 0 is never drawn again, and weights are unbounded.
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         if lookahead < 1:
             raise ValueError(f"lookahead must be >= 1 batch, got {lookahead}")
         self.smoothing = smoothing
@@ -355,6 +380,10 @@ class ImportanceSampler(UniformBatchSampler):
     def epochs_done(self) -> float:
         return super().epochs_done + self.importance_drawn / self.num_sequences
 
+    @property
+    def epochs_done_exact(self) -> Fraction:
+        return super().epochs_done_exact + Fraction(self.importance_drawn, self.num_sequences)
+
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -409,8 +438,6 @@ class PresamplingSampler(ImportanceSampler):
 
     def __init__(self, *args, ratio: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
-        if ratio < 1:
-            raise ValueError(f"presampling ratio must be >= 1, got {ratio}")
         self.ratio = ratio
         self.score_fn = None
         self.candidates_not_trained = 0  # pool draws beyond the b trained: not epoch progress
@@ -421,6 +448,11 @@ class PresamplingSampler(ImportanceSampler):
         so a schedule over ``--epochs`` follows the b (counting candidates ended the plan at
         a third of uniform's sequences)."""
         return UniformBatchSampler.epochs_done.fget(self) - self.candidates_not_trained / self.num_sequences
+
+    @property
+    def epochs_done_exact(self) -> Fraction:
+        untrained = Fraction(self.candidates_not_trained, self.num_sequences)
+        return UniformBatchSampler.epochs_done_exact.fget(self) - untrained
 
     def draw(self) -> tuple[Tensor, Tensor]:
         if not self.active or self.score_fn is None:
@@ -475,10 +507,6 @@ class PruningSampler(UniformBatchSampler):
         anneal: float = 0.125,
         total_epochs: float | None = None,
     ):
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
-        if not 0.0 <= anneal <= 1.0:
-            raise ValueError(f"anneal share must be in [0, 1], got {anneal}")
         self.ratio, self.anneal, self.total_steps, self.total_epochs = (
             ratio,
             anneal,
@@ -547,7 +575,8 @@ class PruningSampler(UniformBatchSampler):
 
     def draw(self) -> tuple[Tensor, Tensor]:
         if self._pruned and self.annealing:  # checked per draw: a long epoch would eat the full-data tail
-            self._start_epoch(self.epoch + 1, self.epochs_done)  # the tail follows on, not a whole epoch on
+            # the tail follows on, not a whole epoch on
+            self._start_epoch(self.epoch + 1, self.epochs_done, self.epochs_done_exact)
         positions, weights, need = [], [], self.batch_size
         while need:
             # Weights are read per part: crossing into a new epoch replaces self._weights, and
@@ -575,6 +604,8 @@ class PruningSampler(UniformBatchSampler):
         self.seed = state["seed"]
         self.epoch, self._cursor = state["epoch"], state["cursor"]
         self._progress_base = state.get("progress", float(self.epoch))
+        exact = _exact_progress(state)
+        self._progress_exact = Fraction(self.epoch) if exact is None else exact
         self._active, self.draws = state["active"], state["draws"]
         self.factors = np.array(state["factors"], dtype=np.float64)
         self.repaired = state["repaired"]
@@ -610,8 +641,6 @@ class RandomSubsetSampler(PruningSampler):
         anneal: float = 0.125,
         total_epochs: float | None = None,
     ):
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction  # read by _permutation, which the base class calls
         super().__init__(indices, batch_size, 0.0, seed, total_steps, anneal, total_epochs)
         self._active = True

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from seqis.data.registry import DataOptions
-from seqis.importance.config import SCHEMES, MiningConfig
+from seqis.importance import lr_scale
+from seqis.importance.config import MiningConfig
+from seqis.importance.schemes import SCHEMES
 from seqis.models.rnn import ModelConfig
-from seqis.options import at_least_one, check, one_of, option, positive, within
+from seqis.options import (
+    KEEP,
+    MAY_CHANGE,
+    PLAN,
+    at_least,
+    check,
+    name,
+    one_of,
+    option,
+    positive,
+    resume_rule,
+    within,
+)
+from seqis.plan import Plan
 from seqis.training.schedule import SCHEDULES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -24,22 +39,28 @@ class TrainConfig:
     model: ModelConfig = option(default_factory=ModelConfig, cli=False)
     mining: MiningConfig = option(default_factory=MiningConfig, cli=False)
     steps: int | None = option(
-        None, "planned training steps: what --schedule, --anneal and --prune-anneal divide"
+        None, "planned training steps: what --schedule, --anneal and --prune-anneal divide", resume=PLAN
     )
     epochs: float | None = option(
-        None, "planned epochs instead of --steps: a pruned epoch is shorter, and the schedule follows epochs"
+        None,
+        "planned epochs instead of --steps: a pruned epoch is shorter, and the schedule follows epochs",
+        resume=PLAN,
     )
     budget: float = option(
         1.0,
         "train this share of the planned --steps/--epochs, the schedule decayed over it",
         commands=SINGLE_RUN,
+        resume=PLAN,
     )
     stop_at: int | None = option(
-        None, "stop after this many steps, keeping the plan (a segment of a longer run)", commands=SINGLE_RUN
+        None,
+        "stop after this many steps, keeping the plan (a segment of a longer run)",
+        commands=SINGLE_RUN,
+        resume=MAY_CHANGE,
     )
-    time_budget: float | None = option(None, "seconds of training per run")
+    time_budget: float | None = option(None, "seconds of training per run", resume=MAY_CHANGE)
     target_loss: float | None = option(
-        None, "stop once the validation loss reaches this", commands=SINGLE_RUN
+        None, "stop once the validation loss reaches this", commands=SINGLE_RUN, resume=MAY_CHANGE
     )
     batch_size: int = option(64, "sequences per step (all ranks together under torchrun: per rank)")
     optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
@@ -51,75 +72,90 @@ class TrainConfig:
     lr_floor: float = option(0.0, "final learning rate as a share of the peak (linear, cosine, onecycle)")
     weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
     clip: float = option(1.0, "gradient-norm clipping threshold; 0 switches clipping off")
-    eval_every: int = option(50, "steps between validations")
-    train_eval_size: int = option(2000, "size of the fixed training subset logged as train_eval_loss")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    keep_checkpoints: int = option(2, "newest K checkpoints kept")
+    eval_every: int = option(50, "steps between validations", resume=MAY_CHANGE)
+    train_eval_size: int = option(
+        2000, "size of the fixed training subset logged as train_eval_loss", resume=MAY_CHANGE
+    )
+    checkpoint_every: int = option(500, "steps between checkpoints", resume=MAY_CHANGE)
+    keep_checkpoints: int = option(2, "newest K checkpoints kept", resume=MAY_CHANGE)
     seed: int = option(0, "seed of initial parameters and draws", commands=SINGLE_RUN)
-    device: str = option("auto", "auto, cpu or cuda")
-    out: str = option("runs/train", "output folder")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", resume=MAY_CHANGE)
+    out: str = option(
+        "runs/train",
+        "output folder",
+        command_defaults={"diagnose": "runs/diagnose", "compare": "runs/compare"},
+        resume=MAY_CHANGE,
+    )
     skip_nonfinite: bool = option(
-        False, "skip steps with a NaN/inf loss instead of stopping", commands=SINGLE_RUN
+        False, "skip steps with a NaN/inf loss instead of stopping", commands=SINGLE_RUN, resume=MAY_CHANGE
     )
     dist_timeout: float = option(
-        300.0, "under torchrun: seconds before a dead or stalled rank fails the others"
+        300.0, "under torchrun: seconds before a dead or stalled rank fails the others", resume=MAY_CHANGE
     )
-    progress: bool = option(True, "progress bar")
-    tensorboard: bool = option(True, "TensorBoard logs (when installed)", cli=False)
+    progress: bool = option(True, "progress bar", resume=MAY_CHANGE)
+    tensorboard: bool = option(
+        True, "TensorBoard logs (with the [tensorboard] extra installed)", cli=False, resume=MAY_CHANGE
+    )
     # CPU threads change the order of floating-point sums: saved with the run and restored.
     threads: int | None = option(None, "CPU threads (default: all cores, max 4); saved and kept on resume")
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "stop_at",
-            "batch_size",
-            "eval_every",
-            "checkpoint_every",
-            "train_eval_size",
-            "threads",
-        ):
-            at_least_one(getattr(self, name), name.replace("_", "-"))
-        for name in ("epochs", "time_budget", "target_loss", "lr", "dist_timeout"):
-            positive(getattr(self, name), name.replace("_", "-"))
-        check(self.clip >= 0, f"--clip must be >= 0 (0: no clipping), got {self.clip}")
-        check(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
-        within(self.budget, 0, 1, "budget", closed_low=False)
-        within(self.lr_floor, 0, 1, "lr-floor")
-        one_of(self.schedule, SCHEDULES, "schedule")
-        check(self.steps is None or self.epochs is None, "give --steps or --epochs, not both")
+        for field_name in ("steps", "stop_at", "batch_size", "eval_every", "checkpoint_every"):
+            at_least(self, field_name)
+        for field_name in ("train_eval_size", "threads", "keep_checkpoints"):
+            at_least(self, field_name)
+        for field_name in ("epochs", "time_budget", "target_loss", "lr", "dist_timeout"):
+            positive(self, field_name)
+        for field_name in ("clip", "weight_decay", "warmup"):
+            at_least(self, field_name, 0)
+        within(self, "budget", 0, 1, closed_low=False)
+        within(self, "lr_floor", 0, 1)
+        one_of(self, "schedule", SCHEDULES)
+        one_of(self, "optimizer", OPTIMIZERS)
+        steps, epochs = name(self, "steps"), name(self, "epochs")
+        check(self.steps is None or self.epochs is None, f"give {steps} or {epochs}, not both")
         planned = self.steps is not None or self.epochs is not None
         check(
             planned or (self.schedule == "constant" and self.warmup == 0),
-            "a schedule or a warm-up runs over a plan: give --steps or --epochs",
+            f"a schedule or a warm-up runs over a plan: give {steps} or {epochs}",
         )
-        check(self.schedule != "onecycle" or self.warmup > 0, "--schedule onecycle needs --warmup (its rise)")
-        at_least_one(self.keep_checkpoints, "keep-checkpoints")
-        one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        check(
+            self.schedule != "onecycle" or self.warmup > 0,
+            f"{name(self, 'schedule')} onecycle needs {name(self, 'warmup')} (its rise)",
+        )
         check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+            f"{name(self, 'device')} must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-        if self.mining.lr_scale == "auto":
-            # Under a decay the cut comes late, at a low rate; scaled with it, the rate keeps the
-            # cut's worth (Fashion-MNIST 1.16x lossless against 1.09x, its 8,000 rows 1.07x against
-            # 0.99x). At a constant rate the scaled one fits sooner and generalises worse.
-            scaled = "linear" if self.schedule != "constant" else "none"
-            self.mining = replace(self.mining, lr_scale=scaled)
+        self.mining = replace(self.mining, lr_scale=lr_scale.resolve(self.mining.lr_scale, self.schedule))
         # Padded batches cost the longest sequence whatever is drawn: cost-aware draws would only
         # add variance there.
         check(
             not self.mining.cost_aware or self.model.pack,
-            "--cost-aware needs --pack: padded batches cost their longest sequence whatever is drawn",
+            f"{name(MiningConfig, 'cost_aware')} needs {name(ModelConfig, 'pack')}: padded batches cost "
+            "their longest sequence whatever is drawn",
         )
 
     def validate(self) -> None:
         """What a run needs beyond valid fields: a way to stop."""
         check(
             self.steps is not None or self.epochs is not None or self.time_budget is not None,
-            "give --steps N, --epochs E or --time-budget SECONDS",
+            f"give {name(self, 'steps')} N, {name(self, 'epochs')} E or {name(self, 'time_budget')} SECONDS",
         )
+
+    def plan(self, sequences: int, world: int = 1) -> Plan:
+        """This run's plan over ``sequences`` training sequences, with ``world`` ranks' batches."""
+        return Plan(sequences, self.batch_size * world, self.planned_steps, self.planned_epochs)
+
+    def plan_dependence(self) -> str | None:
+        """Why this run depends on its plan (its steps or epochs), or None when nothing does."""
+        if self.schedule != "constant":
+            return f"the learning rate follows the plan ({name(self, 'schedule')} {self.schedule})"
+        if self.warmup > 0:
+            return f"the warm-up ({name(self, 'warmup')}) is a share of the plan"
+        if self.mining.anneal > 0:
+            return f"the uniform tail ({name(self.mining, 'anneal')}) is a share of the plan"
+        return self.mining.scheme.plan_dependence(self.mining)
 
     @property
     def planned_steps(self) -> int | None:
@@ -148,17 +184,18 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
 
-    def changes_from(self, saved: dict) -> list[str]:
-        """Settings that differ from a saved configuration and would change the run.
+    def changes_from(self, saved: dict, rules: tuple[str, ...] = (KEEP,)) -> list[str]:
+        """Settings of the resume ``rules`` that differ from a saved configuration.
 
-        Stopping, output and measurement settings may change on resume; everything else
-        (data, model, sampler, optimizer, learning rate, clipping, mining, threads...) must not.
+        By default those that would change what the run trains (data, model, sampler, optimizer,
+        learning rate, clipping, mining, threads...); stopping, output and measurement settings
+        may change on resume, the plan only where nothing depends on it (:meth:`plan_dependence`).
         """
         now, before = _flat(self.to_dict()), _flat(saved)
         return [
             f"{key} {before.get(key)!r} -> {now.get(key)!r}"
             for key in sorted(set(now) | set(before))
-            if key not in RESUME_MAY_CHANGE and now.get(key) != before.get(key)
+            if RESUME_RULES.get(key, KEEP) in rules and now.get(key) != before.get(key)
         ]
 
     @classmethod
@@ -172,25 +209,20 @@ class TrainConfig:
         return cls(**{**saved, **nested})
 
 
-# Changing these on resume changes when a run stops, where it writes or what it measures, not
-# what it trains; every other setting must match the checkpoint.
-RESUME_MAY_CHANGE = {
-    "steps",
-    "stop_at",
-    "time_budget",
-    "target_loss",
-    "out",
-    "progress",
-    "tensorboard",
-    "device",
-    "dist_timeout",
-    "eval_every",
-    "train_eval_size",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "skip_nonfinite",
-    "data_options.val_size",
-}
+def _resume_rules(cls: type, prefix: str = "") -> dict[str, str]:
+    """Every field's resume rule by its flattened name (``data_options.val_size``), nested included."""
+    rules = {}
+    for f in fields(cls):
+        nested = {"data_options": DataOptions, "model": ModelConfig, "mining": MiningConfig}.get(f.name)
+        if nested is not None and cls is TrainConfig:
+            rules.update(_resume_rules(nested, f"{f.name}."))
+        else:
+            rules[prefix + f.name] = resume_rule(f)
+    return rules
+
+
+# Each setting's resume rule (the options' metadata): keep, may change, or the plan.
+RESUME_RULES = _resume_rules(TrainConfig)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

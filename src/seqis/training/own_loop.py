@@ -27,9 +27,11 @@ from torch.utils.data import DataLoader
 
 from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
+from seqis.importance.factors import FACTORS
 from seqis.importance.hooks import OutputLayerNorms
 from seqis.importance.scoring import PerSequenceLoss, output_layer_scorer, to_device
-from seqis.options import check
+from seqis.options import check, name
+from seqis.plan import Plan
 from seqis.sampling.loader import RankSlice, WeightedDataset, weighted_collate
 from seqis.training.checkpoint import decode_state, encode_state
 from seqis.training.wiring import sampling_for
@@ -84,20 +86,22 @@ class ImportanceLoader:
         self.config = config or MiningConfig()
         _check_config(self.config)
         self.output_layer = output_layer
-        self.norms = OutputLayerNorms(output_layer)
+        self.factor = FACTORS[self.config.factor]
+        self.norms = OutputLayerNorms(output_layer, self.factor.from_hooks)
         self.grad_sq = _PreClipGradSq(output_layer)
         self.ctx = DistContext.current()
         self._source(dataloader)
         score_fn = self._scorer(loss_fn, model) if loss_fn is not None else None
+        global_batch = dataloader.batch_size * self.ctx.world
         self.sampler, self.miner = sampling_for(
             self.config,
             torch.arange(len(self.dataset)),
-            dataloader.batch_size * self.ctx.world,
+            global_batch,
             seed=seed,
             score_fn=score_fn,
             lengths=lengths,
             ctx=self.ctx,
-            total_steps=total_steps,
+            plan=Plan(len(self.dataset), global_batch, steps=total_steps),
             grad_batch_size=dataloader.batch_size,  # .grad averages this rank's slice
         )
         self._in_flight: deque[tuple[Tensor, Tensor, bool]] = deque()  # drawn, still with the workers
@@ -132,9 +136,10 @@ class ImportanceLoader:
 
     def _scorer(self, loss_fn: PerSequenceLoss, model: nn.Module):
         device = next(self.output_layer.parameters()).device
-        scorer = output_layer_scorer(
-            model, self.output_layer, loss_fn, lambda i: to_device(self.fetch(i), device)
-        )
+        def fetch(index: Tensor) -> Any:
+            return to_device(self.fetch(index), device)
+
+        scorer = output_layer_scorer(model, self.output_layer, loss_fn, fetch, self.factor.from_hooks)
 
         def score_fn(index: Tensor) -> Tensor:
             with self.norms.paused():
@@ -295,14 +300,16 @@ def _check_loader(dataloader: DataLoader, loss_fn: Any, model: Any) -> None:
 
 def _check_config(config: MiningConfig) -> None:
     """What a loop seqis does not own cannot be honoured here: refused, not ignored."""
+    hooked = [f.name for f in FACTORS.values() if f.from_hooks is not None]
     check(
-        config.factor == "fim",
-        f"ImportanceLoader mines output-layer gradient norms from hooks (the fim factor, for any loss); "
-        f"the {config.factor} factor needs seqis train",
+        FACTORS[config.factor].from_hooks is not None,
+        f"ImportanceLoader reads factors off your output layer's hooks ({', '.join(hooked)}, for any "
+        f"loss); the {config.factor} factor needs seqis train",
     )
     check(
         not config.scales_lr,  # "auto" is none here: the learning rate is the loop's
-        "lr_scale changes the learning rate, which your loop (or scheduler) owns: refused here",
+        f"{name(config, 'lr_scale')} changes the learning rate, which your loop (or scheduler) owns: "
+        "refused here",
     )
 
 

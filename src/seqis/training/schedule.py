@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from seqis.plan import Plan
+
 SCHEDULES = ("constant", "cosine", "linear", "onecycle")
 ONECYCLE_START = 1 / 25  # OneCycleLR's default div_factor
 
@@ -37,6 +39,13 @@ class Schedule:
     warmup: float  # share of the plan
     floor: float  # final share of the peak
     step_share: float  # one step's share of the plan
+
+    @classmethod
+    def over(cls, plan: Plan, kind: str, warmup: float = 0.0, floor: float = 0.0) -> Schedule:
+        """The schedule over ``plan``'s length (steps, or its epochs in steps of a full epoch);
+        ``warmup`` is a share of the plan (< 1) or a number of steps. Without a plan: no decay."""
+        length = plan.length
+        return cls(kind, warmup_share(warmup, length), floor, 1.0 / length)
 
     def factor(self, progress: float) -> float:
         if progress < self.warmup:

@@ -28,8 +28,11 @@ from seqis.data.base import CLASSIFY, SequenceData
 from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
-from seqis.importance.factors import HARVESTERS, PendingFactors, exact_factors, harvest_fim, score
+from seqis.importance.factors import FACTORS, OUTPUT_LAYER, WHOLE_MODEL, PendingFactors
 from seqis.models.rnn import ModelOutput, RecurrentModel
+from seqis.options import PLAN
+from seqis.options import name as option_name
+from seqis.plan import Plan
 from seqis.training.checkpoint import (
     checkpoint_dir,
     load_checkpoint,
@@ -40,7 +43,7 @@ from seqis.training.checkpoint import (
 )
 from seqis.training.config import TrainConfig
 from seqis.training.metrics import MetricsLog
-from seqis.training.schedule import Schedule, warmup_share
+from seqis.training.schedule import Schedule
 from seqis.training.state import RunState
 from seqis.training.wiring import sampling_for
 
@@ -56,12 +59,12 @@ _COLLECTIVE_FAILURE = re.compile(
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a (validated) ``TrainConfig.device`` names on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but CUDA is not available here")
+        flag = option_name(TrainConfig, "device")
+        raise ConfigError(f"{flag} {name} was asked for, but CUDA is not available here")
     return torch.device(name)
 
 
@@ -138,33 +141,30 @@ class _StopSignal:
 
 def forward_scorer(kind: str, model: torch.nn.Module, data: SequenceData, device: torch.device):
     """Dataset indices -> factors of ``kind`` from a forward-only pass (the miner's refresh)."""
+    factor = FACTORS[kind]
 
     def score_fn(index: torch.Tensor) -> torch.Tensor:
         batch = data.batch(index).to(device)
         was_training = model.training
         model.eval()
         try:
-            return score(kind, model, batch)
+            return factor.score(model, batch)
         finally:
             model.train(was_training)
 
     return score_fn
 
 
-def batch_factors(
-    kind: str, model, data: SequenceData, device, batch, output: ModelOutput
-) -> Callable[[int], Tensor | PendingFactors]:
+def batch_factors(kind: str, model, batch, output: ModelOutput) -> Callable[[int], Tensor | PendingFactors]:
     """``k -> factors`` of the first k sequences of the batch just trained, from its forward pass
-    (a classifier's on the CPU pending: the miner computes them with other steps')."""
-    if kind == "exact":  # true per-sequence gradients: a pass of their own
-        return lambda k: exact_factors(model, data.batch(batch.index[:k].cpu()).to(device))
-    if kind == "fim":  # a classifier's are computed by the miner, many steps at a time
-        return lambda k: harvest_fim(output.logits, output.hidden, output.targets, output.mask, count=k)
-    return lambda k: HARVESTERS[kind](output.head(k))
+    (a classifier's fim factors on the CPU pending: the miner computes them with other steps')."""
+    factor = FACTORS[kind]
+    return lambda k: factor.harvest(model, batch, output, k)
 
 
 def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContext | None = None):
-    """Data, device, model, optimizer, sampler and miner for ``config``, seeded."""
+    """Data, device, model, optimizer, sampler and miner for ``config``, seeded (sampler and miner
+    over the run's plan)."""
     ctx = ctx or DistContext()
     data = data or load_data(config.data, config.data_options)
     device = resolve_device(config.device)
@@ -185,8 +185,7 @@ def build(config: TrainConfig, data: SequenceData | None = None, ctx: DistContex
         score_fn=forward_scorer(config.mining.factor, model, data, device),
         lengths=data.lengths,
         ctx=ctx,
-        total_steps=config.planned_steps,
-        total_epochs=config.planned_epochs,
+        plan=config.plan(len(data.train_idx), ctx.world),
     )
     return data, device, model, optimizer, sampler, miner
 
@@ -198,17 +197,6 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=decay)
-
-
-def make_schedule(config: TrainConfig, train_sequences: int, global_batch: int) -> Schedule:
-    """The schedule over this run's plan: its steps, or its epochs in steps of a full epoch."""
-    if config.planned_steps is not None:
-        plan = config.planned_steps
-    elif config.planned_epochs is not None:
-        plan = config.planned_epochs * train_sequences / global_batch
-    else:
-        plan = math.inf  # a time budget alone: constant, no warm-up (the configuration checks it)
-    return Schedule(config.schedule, warmup_share(config.warmup, plan), config.lr_floor, 1.0 / plan)
 
 
 def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = False) -> dict:
@@ -247,14 +235,11 @@ class Run:
         self.data, self.device, self.model, self.optimizer, self.sampler, self.miner = build(
             config, data, ctx
         )
-        if ctx.is_main:
-            # A summary from an earlier segment must not look like this run's result if it fails.
-            (self.out / "summary.json").unlink(missing_ok=True)
-            write_json_atomic(self.out / "config.json", config.to_dict())
         self.net = DistributedDataParallel(self.model) if ctx.enabled else self.model
         self.state = RunState(init_sha=params_sha256(self.model))
         self.train_eval_idx = train_eval_subset(self.data, config.train_eval_size)
-        self.schedule = make_schedule(config, len(self.data.train_idx), config.batch_size * ctx.world)
+        self.plan: Plan = config.plan(len(self.data.train_idx), ctx.world)
+        self.schedule = Schedule.over(self.plan, config.schedule, config.warmup, config.lr_floor)
         self.metrics_rows: list[dict] = []
         self.resumed = False
         self.stop: _StopSignal | None = None
@@ -276,11 +261,13 @@ class Run:
             "cuda_rng": self.ctx.gather_object(cuda),
         }
 
-    def restore(self) -> None:
-        """Continue from the newest good checkpoint; every setting that trains must match."""
+    def restore(self, run_dir: Path | None = None) -> None:
+        """Continue from the newest good checkpoint (of ``run_dir``, default this run's folder);
+        every setting that trains must match, and the plan too wherever the run depends on it."""
         # Rank 0 chooses, every rank loads that file: a lagging or corrupted copy on one rank
         # fails loudly instead of letting the ranks diverge.
-        chosen = self.ctx.broadcast_object(str(load_latest(self.out)[1]) if self.ctx.is_main else None)
+        source = Path(run_dir) if run_dir is not None else self.out
+        chosen = self.ctx.broadcast_object(str(load_latest(source)[1]) if self.ctx.is_main else None)
         path = Path(chosen)
         saved = load_checkpoint(path)
         if saved.get("world_size", 1) != self.ctx.world:
@@ -288,12 +275,7 @@ class Run:
                 f"checkpoint {path} was written by {saved.get('world_size', 1)} process(es), this "
                 f"run has {self.ctx.world}; resume with the same number of processes"
             )
-        changed = self.config.changes_from(saved["config"])
-        if changed:
-            raise CheckpointError(
-                f"checkpoint {path} was written with other settings ({'; '.join(changed)}); resume "
-                f"with the same ones, or continue the saved run with: seqis train --resume {self.out}"
-            )
+        self._check_settings(saved["config"], path)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.sampler.load_state_dict(saved["sampler"])
@@ -306,8 +288,26 @@ class Run:
         if cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_rng)
         self.resumed = True
-        if self.ctx.is_main:
+        if self.ctx.is_main and self.config.progress:
             print(f"resuming from {path} at step {self.state.step}")
+
+    def _check_settings(self, saved: dict, path: Path) -> None:
+        """Refuse a resume whose settings would change what the saved run trains."""
+        changed = self.config.changes_from(saved)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {path} was written with other settings ({'; '.join(changed)}); resume "
+                f"with the same ones, or continue the saved run with: seqis train --resume {self.out}"
+            )
+        replanned = self.config.changes_from(saved, rules=(PLAN,))
+        reason = self.config.plan_dependence()
+        if replanned and reason is not None:
+            raise CheckpointError(
+                f"checkpoint {path} was planned otherwise ({'; '.join(replanned)}), and {reason}: "
+                "resuming would re-plan the rest of the run. Continue it to its planned end with "
+                f"'seqis train --resume {self.out}' (and --stop-at K for segments), or train the new "
+                "plan from the start"
+            )
 
     def snapshot(self) -> Path:
         """Write a checkpoint of now (rank 0), with every rank in step."""
@@ -323,6 +323,10 @@ class Run:
     def train(self) -> dict:
         """Train until the steps, the time budget, the target loss or a signal stop it."""
         cfg, ctx = self.config, self.ctx
+        if ctx.is_main:  # only now: a refused resume leaves the saved run's files as they were
+            # A summary from an earlier segment must not look like this run's result if it fails.
+            (self.out / "summary.json").unlink(missing_ok=True)
+            write_json_atomic(self.out / "config.json", cfg.to_dict())
         self.metrics = MetricsLog(self.out, self.metrics_rows, tensorboard=cfg.tensorboard, write=ctx.is_main)
         if not self.resumed:  # curves start at the initial loss; evaluation draws no random numbers
             self.log_eval()
@@ -345,7 +349,7 @@ class Run:
         cfg, state = self.config, self.state
         budget = cfg.time_budget or math.inf
         while True:
-            if self.planned_fraction() >= 1.0:
+            if self.plan.done(state.step, self.sampler.epochs_done_exact):
                 return "steps" if cfg.steps is not None else "epochs"
             if cfg.stop_at is not None and state.step >= cfg.stop_at:
                 return "stop_at"
@@ -367,19 +371,18 @@ class Run:
 
     def planned_fraction(self) -> float:
         """How much of the plan (steps or epochs) is done; 0 without a plan."""
-        cfg = self.config
-        if cfg.planned_steps is not None:
-            return self.state.step / cfg.planned_steps
-        if cfg.planned_epochs is not None:
-            return self.sampler.epochs_done / cfg.planned_epochs
-        return 0.0
+        return self.plan.progress(self.state.step, self.sampler.epochs_done)
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next step: the schedule's share of the peak, times --lr-scale's."""
+        multiplier = self.miner.lr_multiplier if self.miner is not None else 1.0  # 1 unless --lr-scale
+        return self.config.lr * self.schedule.factor(self.planned_fraction()) * multiplier
 
     def train_step(self) -> None:
         """Draw, forward, weigh, backward, clip, step; then harvest, refresh and switch."""
         cfg, miner = self.config, self.miner
         tick = time.perf_counter()
-        multiplier = miner.lr_multiplier if miner is not None else 1.0  # 1 unless --lr-scale is set
-        lr = cfg.lr * self.schedule.factor(self.planned_fraction()) * multiplier
+        lr = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         index, weights = self.sampler.draw()  # the global batch; this rank trains on its slice
@@ -403,10 +406,9 @@ class Run:
         else:
             self.optimizer.step()
             if miner is not None:
-                factors = batch_factors(
-                    miner.config.factor, self.model, self.data, self.device, batch, output
-                )
-                grad_sq = float(grad_norm) ** 2 if miner.config.factor == "exact" else head_sq
+                factors = batch_factors(miner.config.factor, self.model, batch, output)
+                whole = FACTORS[miner.config.factor].gradient_of == WHOLE_MODEL
+                grad_sq = float(grad_norm) ** 2 if whole else head_sq
                 miner.harvest(batch.index, factors, self.state.step, weights, grad_sq)
         if miner is not None:
             miner.after_step(self.state.step)
@@ -416,7 +418,7 @@ class Run:
         """|G_b|^2 of the output layer, when the noise scale is estimated from output-layer factors
         (a 0-d tensor on the device: the miner reads it later, so the step need not wait for it)."""
         miner = self.miner
-        if miner is None or miner.noise is None or miner.config.factor != "fim":
+        if miner is None or miner.noise is None or FACTORS[miner.config.factor].gradient_of != OUTPUT_LAYER:
             return None
         return torch.stack([p.grad.detach().float().pow(2).sum() for p in self.model.head.parameters()]).sum()
 
@@ -446,7 +448,8 @@ class Run:
                 "train_eval_loss": train_eval,
                 "is_active": int(miner is not None and self.sampler.active),
                 "mining_time_s": miner.mining_time_s if miner else 0.0,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                # the latest step's rate; before the first step, the rate it will use
+                "lr": self.optimizer.param_groups[0]["lr"] if self.state.step else self.learning_rate(),
                 "clipped_share": clipped / steps if steps else None,
                 **(miner.noise_figures() if miner else {}),
             }

@@ -1,0 +1,205 @@
+"""A race's markdown: table cells, speedup and grid tables, the budget protocol's section.
+
+Pure formatting of :mod:`seqis.experiments.analysis`' and :mod:`seqis.experiments.budgets`'
+numbers; ``report.md`` is assembled from these in :mod:`seqis.experiments.report`.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from seqis.experiments.analysis import FRACTIONS, METRICS
+
+LABELS = {
+    "val_loss": "validation loss",
+    "train_eval_loss": "training loss (fixed subset)",
+    "val_acc": "validation accuracy",
+}
+RUN_HEADER = (
+    "| sampler | lr | steps | steps/s | best val loss | final val loss | best train_eval loss "
+    "| best val acc | mining share | IS active | clipped | ceiling | predicted step gain (lr re-tuned) |\n"
+    + "|---" * 13
+    + "|"
+)
+
+
+BOUND_MARK = {"exact": "", "lower": "≥", "upper": "≤"}
+CELL_RULE = (
+    "Each cell: median over the seeds' pairs, n = pairs it stands on. ≥ marks a lower bound (in some "
+    "pair uniform never reached the target, its whole run taken as its time), ≤ an upper bound (the "
+    "sampler never reached it); a cell whose pairs are bounds of both kinds shows no median. Pairs "
+    "where neither run reached the target are counted as 'neither', never dropped silently."
+)
+
+
+def cell(stat: dict, digits: int = 2) -> str:
+    """``≥1.21 n=3``, ``– (bounds both ways) n=3`` or ``– (neither reached: 3 of 3)``."""
+    neither = stat.get("neither_reached", 0)
+    total = stat["n"] + neither
+    if stat["n"] == 0:
+        return f"– (neither reached: {neither} of {total})"
+    kind = stat.get("kind", "lower" if stat.get("censored") else "exact")
+    text = (
+        "– (bounds both ways)" if stat["median"] is None else f"{BOUND_MARK[kind]}{stat['median']:.{digits}f}"
+    )
+    return text + f" n={stat['n']}" + (f", {neither} neither" if neither else "")
+
+
+def _fmt(stat: dict) -> str:
+    text = cell(stat)
+    return text if stat["median"] is None else text + f" ({stat['min']:.2f}–{stat['max']:.2f})"
+
+
+def table(result: dict, key: str = "speedup", metric: str = "val_loss") -> str:
+    """Speedups (``key``: speedup or step_speedup) of every sampler at every target of ``metric``."""
+    targets = [str(t) for t in result["targets"][metric]]
+    header = [f"{f:.0%}: {float(t):.4f}" for f, t in zip(FRACTIONS, targets, strict=True)]
+    lines = ["| sampler | " + " | ".join(header) + " |", "|---|" + "---|" * len(targets)]
+    for sampler, per_target in result[key][metric].items():
+        lines.append(f"| {sampler} | " + " | ".join(_fmt(per_target[t]) for t in targets) + " |")
+    return "\n".join(lines)
+
+
+def _predicted_cell(at_uniform_lr: float | None, retuned: float | None) -> str:
+    """'2 - 1/G (G)', or – before the noise scale is known."""
+    if at_uniform_lr is None:
+        return "–"
+    return f"{at_uniform_lr:.2f} ({retuned:.2f})"
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def grid_table(result: dict) -> str:
+    """Median over seeds of each run's best validation loss, sampler x learning rate.
+
+    Per-sampler learning rates (``--lrs uniform=…,fim=…``) give one column per distinct rate;
+    a sampler's cell at a rate it did not run is empty.
+    """
+    lrs = result["lrs"]
+    lrs = sorted(set(lrs.values())) if isinstance(lrs, dict) else lrs
+    lines = ["| sampler | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for s in result["samplers"]:
+        cells = []
+        for lr in lrs:
+            best = _median(
+                [r["best"]["val_loss"] for r in result["runs"] if r["sampler"] == s and r["lr"] == lr]
+            )
+            mark = " **(best)**" if result["best_lr"].get(s) == lr and len(lrs) > 1 else ""
+            cells.append(_num(best, ".4f") + mark)
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_row(result: dict, sampler: str) -> str:
+    """One sampler's line of the runs table: medians over its seeds at its best learning rate."""
+    runs = [r for r in result["runs"] if r["sampler"] == sampler and r["tuned"]]
+
+    def med(key):
+        return _median([r[key] for r in runs])
+
+    best = {k: _median([r["best"].get(k) for r in runs]) for k in result["metrics"]}
+    cells = [
+        sampler,
+        f"{result['best_lr'][sampler]:g}",
+        f"{med('steps'):.0f}",
+        _num(med("steps_per_s"), ".2f"),
+        _num(best["val_loss"], ".4f"),
+        _num(med("final_val_loss"), ".4f"),
+        _num(best.get("train_eval_loss"), ".4f"),
+        _num(best.get("val_acc"), ".4f"),
+        _num(med("mining_share"), ".1%"),
+        _num(med("is_active_share"), ".0%"),
+        _num(med("clipped_share"), ".0%"),
+        _num(med("factor_ceiling"), ".3f"),
+        _predicted_cell(med("predicted_step_gain"), med("predicted_step_gain_lr_retuned")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def metric_section(result: dict, metric: str) -> str:
+    """A metric's time and step speedup tables, under its heading."""
+    direction = "at or above" if METRICS[metric] is max else "at or below"
+    return f"""### {LABELS[metric]} (`{metric}`)
+
+Time to the first evaluation {direction} each target, uniform's / the sampler's:
+
+{result["tables"][metric]}
+
+The same in training steps:
+
+{result["step_tables"][metric]}
+"""
+
+
+TOLERANCE_RULE = (
+    "A sampler matches uniform when its mean final validation loss is at most uniform's mean at the "
+    "full budget plus a tolerance of half the min–max range of uniform's seeds at the full budget. "
+    "Lossless saving = the smallest budget at which uniform itself matches / the smallest at which "
+    "the sampler does (so a sampler identical to uniform saves exactly 1). "
+    "Budgets between measured ones are interpolated linearly; below the smallest measured budget "
+    "nothing is extrapolated (≥ marks a lower bound)."
+)
+
+
+
+
+def saving_cell(lossless: dict) -> str:
+    """``1.32× (steps 1.30×, time 1.41×)``, ``≥ 2.00×`` as a bound, ``< 1 (+0.012)`` when never matched."""
+    if lossless["kind"] == "both":
+        return "– (uniform and the sampler both match at the smallest budget: run smaller ones)"
+    if lossless["saving"] is None:
+        return f"< 1 (loss {lossless['gap_at_full']:+.4f} at the full budget)"
+    bound = {"at_most": "≥ ", "upper": "≤ "}.get(lossless["kind"], "")
+    return (
+        f"{bound}{lossless['saving']:.2f}× (steps {bound}{lossless['steps_saving']:.2f}×, "
+        f"time {bound}{lossless['time_saving']:.2f}×)"
+    )
+
+
+def equivalent_cell(equivalent: dict) -> str:
+    """``0.92 (steps worth 1.21×)``; ``> 1`` when uniform's full budget is worse."""
+    if equivalent["kind"] == "above":
+        return "> 1 (better than uniform's full budget)"
+    bound = "≤ " if equivalent["kind"] == "at_most" else ""
+    worth = equivalent.get("steps_worth")
+    steps = f" (steps worth {bound}{worth:.2f}×)" if worth is not None else ""
+    return f"{bound}{equivalent['budget']:.2f}{steps}"
+
+
+def budget_section(result: dict) -> str:
+    """Markdown: the budget table, then lossless saving and equivalent uniform budget per sampler."""
+    budgets = result["budget_protocol"]
+    table, figures = budgets["table"], budgets["figures"]
+    shares = sorted({float(b) for rows in table.values() for b in rows}, reverse=True)
+    head = "| sampler | " + " | ".join(f"budget {b:g}" for b in shares) + " |"
+    lines = [
+        "## Budget protocol (the headline)",
+        "",
+        TOLERANCE_RULE,
+        "",
+        head,
+        "|---" * (len(shares) + 1) + "|",
+    ]
+    for sampler, rows in table.items():
+        cells = []
+        for b in shares:
+            row = rows.get(str(b))
+            if row is None:
+                cells.append("–")
+                continue
+            loss, acc = row["loss"], row["acc"]
+            text = f"{loss['mean']:.4f} [{loss['min']:.4f}–{loss['max']:.4f}] n={loss['n']}"
+            text += f", acc {acc['mean']:.4f} [{acc['min']:.4f}–{acc['max']:.4f}]" if acc else ""
+            cells.append(text + f", {row['steps']:.0f} steps, {row['seconds']:.0f} s")
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]
+    for sampler, fig in figures.items():
+        lines.append(f"| {sampler} | {saving_cell(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""``--lr-scale``: the learning rate follows the variance cut importance sampling delivers.
+
+A variance cut g acts like a g times larger batch, and larger batches take larger learning
+rates: linearly for SGD, about as the square root for Adam (Johnson & Guestrin 2018 scale by
+the gain; Malladi et al. 2022 for adaptive methods). While importance sampling is on, the
+multiplier moves towards ``min(g ** power, bound)`` (smoothed over a few decisions, as the
+delivered cut is); while it is off the run trains at the user's learning rate, multiplier 1.
+``auto`` is resolved by the run's schedule: linear under a decaying one, where the races
+measured it best, none at a constant rate (and in a user's own loop, whose learning rate is
+the user's).
+
+Example:
+    >>> multiplier = LrMultiplier("linear", bound=2.0)
+    >>> multiplier.update(cut=3.0, active=True); round(multiplier.value, 2)
+    1.3
+    >>> multiplier.update(cut=3.0, active=False); multiplier.value
+    1.0
+"""
+
+from __future__ import annotations
+
+# Each rule's power of the delivered cut; "auto" is resolved by :func:`resolve` before use.
+LR_RULES = {"none": None, "sqrt": 0.5, "linear": 1.0, "auto": None}
+
+
+def resolve(rule: str, schedule: str) -> str:
+    """``auto`` under ``schedule``: linear under a decaying one, none at a constant rate.
+
+    Under a decay the cut comes late, at a low rate; scaled with it, the rate keeps the cut's
+    worth (Fashion-MNIST 1.16x lossless against 1.09x, its 8,000 rows 1.07x against 0.99x).
+    At a constant rate the scaled one fits sooner and generalises worse.
+    """
+    if rule != "auto":
+        return rule
+    return "linear" if schedule != "constant" else "none"
+
+
+def scales(rule: str) -> bool:
+    """Whether the learning rate follows the cut under ``rule`` (auto, unresolved, does not)."""
+    return LR_RULES[rule] is not None
+
+
+class LrMultiplier:
+    """The learning rate's factor now: 1 while importance sampling is off or the rule is none."""
+
+    def __init__(self, rule: str, bound: float):
+        self.power, self.bound = LR_RULES[rule], bound
+        self.value = 1.0
+
+    def update(self, cut: float | None, active: bool) -> None:
+        """After a switch decision: towards rule(cut) while on (smoothed, bounded); 1 while off."""
+        if self.power is None:
+            return
+        if not active:
+            self.value = 1.0  # uniform draws carry uniform's noise: the user's learning rate
+            return
+        target = 1.0 if cut is None else min(max(cut, 1.0) ** self.power, self.bound)
+        self.value = 0.7 * self.value + 0.3 * target
+
+    def reset(self) -> None:
+        self.value = 1.0
