@@ -143,3 +143,19 @@ def test_pending_factors_are_those_computed_batch_by_batch(vowels):
     assert torch.equal(factors.PendingFactors.compute([flat])[0], together[0])
     lm = torch.randn(4, 7, 5), torch.randn(4, 7, 3), torch.randint(0, 5, (4, 7))
     assert torch.equal(factors.harvest_fim(*lm, count=2), fim_factors(*(t[:2] for t in lm)))
+
+
+def test_the_loss_length_factor_is_the_summed_loss_and_draws_cost_aware(vowels, tmp_path):
+    """A factor added through the registry alone: harvest, score, --factor and cost-aware draws."""
+    from seqis.cli import main
+
+    model, batch = _model(vowels), _double(vowels.batch(vowels.train_idx[:8]))
+    out = model(batch)
+    factor = factors.FACTORS["loss-length"]
+    summed = (out.loss * batch.lengths).detach().float()
+    assert torch.allclose(factor.harvest(model, batch, out, 5), summed[:5])
+    assert torch.allclose(factor.score(model, batch), summed)
+    assert factor.gradient_of is None and factor.from_hooks is None  # no noise scale, no own loop
+    args = ["train", "--data", "ucr:JapaneseVowels", "--factor", "loss-length", "--cost-aware", "--pack"]
+    args += ["--always-on", "--steps", "60", "--hidden", "8", "--layers", "1", "--no-progress"]
+    assert main([*args, "--threads", "1", "--out", str(tmp_path)]) == 0

@@ -322,6 +322,20 @@ register_factor(
         score=_forward_score(lambda out, batch: loss_factors(out)),
     )
 )
+def loss_length_factors(out: ModelOutput, lengths: Tensor) -> Tensor:
+    """The loss times the sequence's length: its tokens' summed loss, as a length-summed objective
+    weighs it. Under ``--cost-aware`` (cost = length) draws follow loss x sqrt(length)."""
+    return out.loss.detach().float() * lengths.to(out.loss.device, torch.float32)
+
+
+register_factor(
+    Factor(
+        "loss-length",
+        "the loss times the sequence's length (its tokens' summed loss)",
+        harvest=lambda model, batch, out, k: loss_length_factors(out.head(k), batch.lengths[:k]),
+        score=_forward_score(lambda out, batch: loss_length_factors(out, batch.lengths)),
+    )
+)
 register_factor(
     Factor(
         "exact",
