@@ -55,7 +55,13 @@ def recordings(data, index):
     return Recordings([data.inputs[i, : data.lengths[i]] for i in index], [data.targets[i] for i in index])
 
 
-def main(steps: int = 300, label_smoothing: float = 0.1, always_on: bool = False, seed: int = 0) -> dict:
+def main(
+    steps: int = 300,
+    label_smoothing: float = 0.1,
+    always_on: bool = False,
+    seed: int = 0,
+    accumulate: int = 1,
+) -> dict:
     data = seqis.load_data("ucr:JapaneseVowels")  # any map-style Dataset works; this one is embedded
     train_set, val_set = recordings(data, data.train_idx.tolist()), recordings(data, data.val_idx.tolist())
     torch.manual_seed(seed)
@@ -73,14 +79,18 @@ def main(steps: int = 300, label_smoothing: float = 0.1, always_on: bool = False
         loader, model.head, seqis.MiningConfig(always_on=always_on), **refresh
     )  # (*)
 
-    step = 0
+    step, micro = 0, 0
     while step < steps:
         for batch in loader:
-            loss = loader.weigh(per_sequence_loss(model, batch))  # (*) was: .mean()
-            optimizer.zero_grad()
+            loss = loader.weigh(per_sequence_loss(model, batch)) / accumulate  # (*) was: .mean()
             loss.backward()
-            optimizer.step()
-            loader.step()  # (*) factors from this backward; refresh; the switch
+            micro += 1
+            if micro % accumulate == 0:  # under gradient accumulation: every k-th micro-batch
+                optimizer.step()
+                optimizer.zero_grad()
+            loader.step()  # (*) after every backward (and the update): factors; refresh; the switch
+            if micro % accumulate:
+                continue
             step += 1
             if step % 100 == 0:
                 state = "on" if loader.active else "off"
@@ -93,7 +103,8 @@ def main(steps: int = 300, label_smoothing: float = 0.1, always_on: bool = False
         val = F.cross_entropy(model(x, lengths), y).item()
     print(f"validation loss after {steps} steps: {val:.4f}")
     active_share = loader.miner.active_steps / max(1, loader.miner.steps)
-    return {"val_loss": val, "active_share": active_share, "chance_loss": float(torch.log(torch.tensor(9.0)))}
+    chance = float(torch.log(torch.tensor(9.0)))
+    return {"val_loss": val, "active_share": active_share, "chance_loss": chance, "recorded": loader.steps}
 
 
 if __name__ == "__main__":
@@ -101,5 +112,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--always-on", action="store_true", help="importance sampling from step 50")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     args = parser.parse_args()
-    main(args.steps, args.label_smoothing, args.always_on)
+    main(args.steps, args.label_smoothing, args.always_on, accumulate=args.accumulate)

@@ -293,6 +293,8 @@ def budget_summary(link_prefix: str = "", compact: bool = False) -> str:
         uniform = table["uniform"]["1.0"]["loss"]
         for sampler, figures in protocol["figures"].items():
             loss = table[sampler]["1.0"]["loss"]
+            if compact and sampler.split(":")[0] in ("prune", "subset"):
+                continue  # the README leads with importance sampling; pruning is on the results page
             if compact:
                 rows.append(
                     f"| [{name}]({link_prefix}{name}/report.md) | {sampler} | {loss['mean']:.4f} "
@@ -481,8 +483,9 @@ PREDICTION_NOTE = (
     "against uniform's s (2 − s), docs/method.md), for runs that record their schedule."
 )
 POINTER = (
-    "The constant-learning-rate races (time to uniform's targets, the earlier headline) and every "
-    "column explained: [docs/results/README.md](docs/results/README.md). Regenerate with `make results`."
+    "Pruning (InfoBatch's rule) and its random-subset control, the constant-learning-rate races and "
+    "every column explained: [docs/results/README.md](docs/results/README.md). Regenerate with "
+    "`make results`."
 )
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 

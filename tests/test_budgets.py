@@ -3,7 +3,7 @@
 import pytest
 
 from seqis.experiments.budgets import analyse_budgets
-from seqis.experiments.tables import budget_section, equivalent_cell, saving_cell
+from seqis.experiments.tables import budget_section, equivalent_cell, headline, saving_cell, time_verdict
 
 BUDGETS = (1.0, 0.8, 0.67, 0.5)
 
@@ -107,3 +107,38 @@ def test_uniform_matching_at_the_smallest_budget_makes_the_saving_a_bound():
     assert saving_cell(both["lossless"]).startswith("– (uniform and the sampler both match")
     upper = analyse_budgets(_runs("uniform", flat, spread=0.01) + _runs("late", late))["figures"]["late"]
     assert upper["lossless"]["kind"] == "upper" and saving_cell(upper["lossless"]).startswith("≤ ")
+
+
+def _race(records):
+    """A race summary as compare's report reads it, around synthetic budget records."""
+    return {
+        "data": "synthetic",
+        "seeds": 3,
+        "best_lr": {"uniform": 0.004, "same": 0.004},
+        "budget_protocol": analyse_budgets(records),
+    }
+
+
+def test_the_headline_says_when_a_time_ratio_is_noise_and_no_row_contradicts_itself():
+    """digits' shape: the same steps, a faster clock by chance, and a full-budget loss a hair
+    below uniform's; it read '1.00x' beside 'equivalent budget > 1 (better than uniform)'."""
+    uniform, near = {1.0: 0.8166, 0.5: 1.3569}, {1.0: 0.8142, 0.5: 1.3569}  # the digits race's means
+    records = _runs("uniform", uniform, spread=0.0132, seconds=10.0) + _runs("same", near, seconds=9.7)
+    race = _race(records)
+    figures = race["budget_protocol"]["figures"]["same"]
+    assert figures["lossless"]["steps_saving"] == pytest.approx(1.0, abs=0.005)
+    assert figures["equivalent"]["kind"] == "within"
+    assert equivalent_cell(figures["equivalent"]).startswith("≈ 1")
+    line = headline(race).splitlines()[1]
+    assert "lossless saving" in line and "[same steps: the time ratio is noise, not a gain]" in line
+    better = {b: v - 0.02 for b, v in UNIFORM.items()}
+    race = _race(_runs("uniform", UNIFORM, spread=0.005) + _runs("same", better))
+    assert race["budget_protocol"]["figures"]["same"]["equivalent"]["kind"] == "above"
+    assert "noise" not in headline(race)
+
+
+def test_a_time_speedup_is_noise_when_its_steps_are_the_same_or_its_seeds_disagree():
+    same_steps = {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert time_verdict({"median": 1.15, "min": 1.03, "max": 1.23}, same_steps) == "same steps"
+    assert time_verdict({"median": 1.05, "min": 0.97, "max": 1.2}, {"median": 1.1}) == "spread covers 1"
+    assert time_verdict({"median": 1.3, "min": 1.2, "max": 1.4}, {"median": 1.3}) == ""

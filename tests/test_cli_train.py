@@ -228,7 +228,7 @@ def test_sigterm_saves_and_exits(tmp_path):
         (["train", "--cost-aware", "--steps", "1"], "--cost-aware needs --pack"),
         (["train", "--sampler", "prune", "--refresh-fraction", "0.2", "--steps", "1"], "keeps no factors"),
         (["train", "--sampler", "fim", "--factor", "loss", "--steps", "1"], "importance --factor loss"),
-        (["train", "--sampler", "prune", "--time-budget", "5"], "share of the planned steps"),
+        (["train", "--sampler", "prune", "--time-budget", "5"], "--prune-anneal is a share of the plan"),
         (["train", "--batch-size", "0", "--steps", "1"], "--batch-size must be >= 1"),
     ],
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from seqis.cli import main
+from seqis.errors import ConfigError
 from seqis.experiments.analysis import (
     GAIN_FIELDS,
     auto_targets,
@@ -166,15 +167,15 @@ def test_per_sampler_learning_rates_with_budgets_write_the_whole_report(tmp_path
 
 def test_diagnose_end_to_end(tmp_path, capsys):
     out = tmp_path / "diag"
-    assert main(["diagnose", "--data", "digits:rows", "--steps", "60", "--out", str(out), *TINY]) == 0
+    assert main(["diagnose", "--data", "digits:rows", "--steps", "240", "--out", str(out), *TINY]) == 0
     report = json.loads((out / "diagnosis.json").read_text())
     assert report["ceiling"] >= 1.0 and report["cost_ratio"] > 0
-    judgement = report["judgement"]
-    assert judgement["step"] == 60 and judgement["noise_scale"] > 0
+    judgement = report["judgement"]  # half the plan: its end says nothing of what is to come
+    assert judgement["step"] == 120 and judgement["noise_scale"] > 0 and judgement["horizon"] == 120
     assert 1.0 <= judgement["step_gain"] <= 1 + judgement["noise_scale"] / 64
     assert f"{judgement['step_gain']:.3f}x fewer steps" in report["verdict"]
     assert (out / "factors.png").stat().st_size > 500 and (out / "switch.png").stat().st_size > 500
-    assert "after 60 steps the switch keeps importance sampling" in capsys.readouterr().out
+    assert "after 120 steps the switch keeps importance sampling" in capsys.readouterr().out
     # judge an existing run's newest checkpoint, with its own settings, instead of training again
     again = tmp_path / "again"
     assert main(["diagnose", "--checkpoint", str(out), "--out", str(again), *TINY]) == 0
@@ -398,3 +399,49 @@ def test_prediction_check_reads_the_lr_rule_from_the_runs_and_sets_stayed_off_ra
     check = results.prediction_check()
     assert "Importance sampling was on in 1 races: 1 within ±25%" in check
     assert "In 1 races the switch kept it off" in check and "| – (never on) |" in check
+
+
+def test_the_loss_plots_draw_the_full_budget_runs(monkeypatch, tmp_path):
+    """Budget 0.5's curves stopped the plots at half the steps while the targets were the full runs'."""
+    from seqis.experiments import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "plot_race", lambda curves, key, png, *a: drawn.setdefault(key, curves))
+    monkeypatch.setattr(report, "plot_speedups", lambda *a: None)
+    monkeypatch.setattr(report, "plot_budget_protocol", lambda *a: None)
+
+    def run(sampler, budget):
+        rows = [{"step": s, "wall_time_s": s / 10, "val_loss": 1 / (1 + s)} for s in range(0, 401, 100)]
+        rows = [r for r in rows if r["step"] <= 400 * budget]
+        return {"sampler": sampler, "lr": 0.002, "budget": budget, "rows": rows}
+
+    records = [run(s, b) for s in ("uniform", "fim") for b in (1.0, 0.5)]
+    stat = {"median": 1.0, "min": 1.0, "max": 1.0}
+    speedup = {"val_loss": {"fim": {"0.01": stat}}}
+    result = {
+        "data": "synthetic", "model": "gru", "seeds": 1, "samplers": ["uniform", "fim"],
+        "best_lr": {"uniform": 0.002, "fim": 0.002}, "metrics": ["val_loss"], "targets": {"val_loss": [0.01]},
+        "speedup": speedup, "step_speedup": speedup, "budget_protocol": {},
+    }  # fmt: skip
+    images = report._plot(result, records, tmp_path)
+    assert images[0].endswith("(budget.png)")
+    assert {max(r["step"] for r in rows) for runs in drawn["step"].values() for rows in runs} == {400}
+
+
+def test_the_demo_races_the_default_against_uniform_and_draws_one_picture(tmp_path):
+    """make demo showed 17-130 steps of one run, 'IS active 0%', and no uniform baseline."""
+    from seqis.data.registry import DataOptions
+    from seqis.experiments.demo import demo
+    from seqis.models.rnn import ModelConfig
+
+    model = ModelConfig(cell="gru", hidden_size=8, num_layers=1)
+    config = TrainConfig(
+        data="digits:rows", steps=120, schedule="cosine", warmup=0.05, batch_size=32, lr=0.01, eval_every=20,
+        threads=1, progress=False, out=str(tmp_path), model=model, data_options=DataOptions(val_size=200),
+    )  # fmt: skip
+    result = demo(config, seeds=2)
+    assert result["verdict"].startswith("fim ends at val loss") and "uniform's" in result["verdict"]
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert result["runs"] == ["fim-seed0", "fim-seed1", "uniform-seed0", "uniform-seed1"]
+    with pytest.raises(ConfigError, match="the demo races a sampler that keeps factors"):
+        demo(config.with_sampler("uniform"))

@@ -100,11 +100,11 @@ def test_each_plan_dependence_names_itself(tmp_path, capsys, extra, reason):
 def test_diagnose_takes_an_epoch_plan(tmp_path):
     """diagnose --epochs 1 failed with 'give --steps or --epochs, not both'."""
     out = tmp_path / "diag"
-    assert main(["diagnose", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["diagnose", *TINY, "--epochs", "4", "--out", str(out)]) == 0
     report = json.loads((out / "diagnosis.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    assert config["epochs"] == 1 and config["steps"] is None
-    assert report["judgement"]["step"] == math.ceil(1617 / 64)  # one epoch of digits' training rows
+    assert config["epochs"] == 4 and config["steps"] is None
+    assert report["judgement"]["step"] == round(4 * 1617 / 64) // 2  # half of 4 epochs of digits
 
 
 def test_the_first_metrics_row_logs_the_rate_the_first_step_uses(tmp_path):
@@ -116,3 +116,34 @@ def test_the_first_metrics_row_logs_the_rate_the_first_step_uses(tmp_path):
     lr = rows[0].split(",").index("lr")
     assert float(rows[1].split(",")[lr]) == pytest.approx(0.01 / 10)  # the warm-up's first step
     assert float(rows[2].split(",")[lr]) == pytest.approx(0.01)  # step 10: the warm-up is over
+
+
+def test_resume_run_dir_accepts_what_may_change_and_refuses_the_rest(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "--sampler", "uniform", "--steps", "20", "--eval-every", "10", "--out", str(out)]
+    assert main(["train", *args]) == 0
+    # the validation cap moves sequences into training where a set has no test split: kept
+    assert main(["train", "--resume", str(out), "--val-size", "100"]) == 2
+    assert "--val-size cannot be changed" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "--out cannot be changed" in capsys.readouterr().err
+    # a plan in epochs replaces one in steps (uniform at a constant rate depends on no plan)
+    assert main(["train", "--resume", str(out), "--epochs", "1", "--eval-every", "5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 1 and summary["config"]["steps"] is None
+    assert summary["steps"] == math.ceil(1617 / 64)
+
+
+def test_diagnose_judges_a_uniform_run_and_a_torchrun_checkpoint(tmp_path, capsys):
+    from seqis.training.checkpoint import load_latest, save_checkpoint
+
+    out = tmp_path / "uniform"
+    assert main(["train", *TINY, "--sampler", "uniform", "--steps", "60", "--out", str(out)]) == 0
+    state, _ = load_latest(out)
+    state["world_size"] = 2  # as if two processes had written it: inspected, not resumed
+    state["torch_rng"], state["cuda_rng"] = state["torch_rng"] * 2, state["cuda_rng"] * 2
+    save_checkpoint(out, 61, state, keep=3)
+    assert main(["diagnose", "--checkpoint", str(out), "--out", str(tmp_path / "diag")]) == 0
+    judgement = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())["judgement"]
+    assert judgement["step"] == 60 and judgement["coverage"] == 0.0
+    assert "a uniform run, judged for fim from fresh factors" in judgement["reason"]

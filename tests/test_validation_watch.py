@@ -67,6 +67,7 @@ def test_a_tripped_watch_keeps_the_switch_off_and_turns_the_sampler_off():
         torch.arange(64.0).numpy(), (torch.linspace(0.01, 10.0, 64) ** 3).numpy(), torch.ones(64).numpy()
     )
     assert not miner.switch.decide(300, False, heavy, None)  # a gain that would switch on: refused
+    assert miner.judge(300).reason == "the validation watch tripped"  # what diagnose reports
     fresh = Switch(MiningConfig(), 8, 0.07)
     assert fresh.decide(300, False, heavy, None)
     always = Miner(ImportanceSampler(range(200), batch_size=8), MiningConfig(always_on=True, val_patience=1))
@@ -101,10 +102,11 @@ def test_an_overfitting_run_returns_to_uniform(tmp_path):
 def test_the_lightning_callback_hands_the_logged_validation_loss_to_the_loader():
     seen = []
     callback = ImportanceSampling("head", train_monitor="train_loss")
-    callback.loader = SimpleNamespace(observe_validation=lambda val, train: seen.append((val, train)))
+    observe = lambda val, train, every_rank: seen.append((val, train, every_rank))  # noqa: E731
+    callback.loader = SimpleNamespace(observe_validation=observe)
     metrics = {"val_loss": torch.tensor(0.5), "train_loss": torch.tensor(0.25)}
     callback.on_validation_end(SimpleNamespace(callback_metrics=metrics, sanity_checking=True), None)
     assert seen == []  # Lightning's sanity check is not a validation of training
     callback.on_validation_end(SimpleNamespace(callback_metrics=metrics, sanity_checking=False), None)
     callback.on_validation_end(SimpleNamespace(callback_metrics={}, sanity_checking=False), None)
-    assert seen[0] == (0.5, 0.25) and math.isnan(seen[1][0]) and seen[1][1] is None  # every rank calls in
+    assert seen[0] == (0.5, 0.25, True) and math.isnan(seen[1][0]) and seen[1][1] is None  # all ranks call

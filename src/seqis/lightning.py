@@ -163,18 +163,19 @@ class ImportanceSampling(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Under gradient accumulation .grad sums several batches: no noise-scale reading then.
-        self.loader.step(read_grad=trainer.accumulate_grad_batches == 1)
+        # Every micro-batch under gradient accumulation; the loader reads the noise scale's
+        # gradient only where .grad held no earlier micro-batch's.
+        self.loader.step()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.loader is None or trainer.sanity_checking:
             return
-        # Every rank calls in, a missing metric as NaN (the watch skips it): under DDP the
-        # miner averages the figures over ranks, and a rank that stayed out would hang the rest.
+        # Every rank calls in after the same step, a missing metric as NaN (the watch skips it):
+        # under DDP the ranks exchange their figures at once and judge their mean.
         metrics = trainer.callback_metrics
         val = float(metrics.get(self.monitor, math.nan))
         train = metrics.get(self.train_monitor) if self.train_monitor else None
-        self.loader.observe_validation(val, None if train is None else float(train))
+        self.loader.observe_validation(val, None if train is None else float(train), every_rank=True)
 
 
 def _planned_steps(trainer: pl.Trainer) -> int | None:

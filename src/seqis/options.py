@@ -45,7 +45,7 @@ def option(
     flag: str | None = None,
     choices: Container[str] | None = None,
     cli: bool = True,
-    commands: tuple[str, ...] = ("train", "diagnose", "compare"),
+    commands: tuple[str, ...] = ("train", "diagnose", "compare", "demo"),
     command_defaults: dict[str, Any] | None = None,
     resume: str = KEEP,
     reader: type | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from seqis.data import images, labeled, names, text, timeseries
 from seqis.data.base import SequenceData
 from seqis.errors import DataError
-from seqis.options import MAY_CHANGE, at_least, one_of, option, within
+from seqis.options import at_least, one_of, option, within
 
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 
@@ -40,9 +40,9 @@ class DataOptions:
     max_chars: int = option(2_000_000, "character budget of text corpora")
     min_count: int = option(2, "word LMs: words seen fewer times become <unk>", cli=False)
     val_fraction: float = option(0.1, "share of sequences held out when a set has no test split", cli=False)
-    val_size: int = option(
-        10_000, "validation sequences at most (a seeded subset of an official test split)", resume=MAY_CHANGE
-    )
+    # Not changeable on resume: where a set has no test split, the cap moves sequences between
+    # validation and training.
+    val_size: int = option(10_000, "validation sequences at most (a seeded subset of an official test split)")
     train_size: int | None = option(None, "training sequences at most (a seeded subset; default: all)")
     split_seed: int = option(0, "seed of the train/validation split", cli=False)
     encoding_errors: str = option(

@@ -93,14 +93,15 @@ def auto_targets(
     return targets
 
 
-def parse_targets(text: str) -> list[float]:
-    """``--targets``: comma-separated positive numbers (``auto`` is handled by the caller)."""
+def parse_targets(text: str, label: str = "--targets") -> list[float]:
+    """Targets as comma-separated positive numbers (``auto`` is handled by the caller); ``label``
+    names the option in a message."""
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"--targets must be 'auto' or comma-separated numbers: {text!r}") from None
+        raise ConfigError(f"{label} must be 'auto' or comma-separated numbers: {text!r}") from None
     if not values or any(not v > 0 for v in values):
-        raise ConfigError(f"--targets must be positive numbers: {text!r}")
+        raise ConfigError(f"{label} must be positive numbers: {text!r}")
     return values
 
 

@@ -107,6 +107,11 @@ def equivalent_uniform_budget(table: dict[str, dict[float, dict]], sampler: str)
     so a sampler can be worth more steps than budget).
     """
     full = table[sampler][max(table[sampler])]
+    uniform_full = table["uniform"][1.0]["loss"]
+    if abs(full["loss"]["mean"] - uniform_full["mean"]) <= (uniform_full["max"] - uniform_full["min"]) / 2:
+        # within uniform's own seed spread at the full budget: no claim either way (kind "within")
+        worth = table["uniform"][1.0]["steps"] / full["steps"]
+        return {"budget": 1.0, "kind": "within", "steps_worth": worth}
     uniform = [(b, table["uniform"][b]["loss"]["mean"]) for b in sorted(table["uniform"])]
     budget, kind = _crossing(uniform, full["loss"]["mean"])
     if budget is None:

@@ -1,10 +1,12 @@
 """``seqis diagnose``: can importance sampling pay on this data, and by how much?
 
-It trains the first ``--stop-at`` steps (300 by default) of the run ``seqis train`` would make
-(its plan: ``--steps`` or ``--epochs``, 300 steps without one), or restores a run's newest
-checkpoint, through the trainer's own :class:`~seqis.training.trainer.Run`. The verdict is the
-judgement of that run's very miner (:meth:`seqis.importance.mining.Miner.judge`): the same
-switch, cost, store horizon and ``--anneal`` tail as in training, so the two cannot disagree.
+It trains the first ``--stop-at`` steps (300 by default, half the plan when that is shorter) of
+the run ``seqis train`` would make, or restores a run's newest checkpoint, through the
+trainer's own :class:`~seqis.training.trainer.Run`. The verdict is the judgement of that run's
+very miner (:meth:`seqis.importance.mining.Miner.judge`): the same switch, cost, store horizon
+and ``--anneal`` tail as in training, so the two cannot disagree. A uniform run keeps no
+factors: its checkpoint is judged as the switch would judge turning ``fim`` on there, from
+fresh factors and an empty store.
 Beside it, a uniform sample of training sequences is scored afresh to show the factors' spread
 and ceiling E[s^2]/E[s]^2 (a histogram PNG), and the measured cost of scoring against a
 training step is reported.
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError
 from seqis.experiments.plots import plot_histogram, plot_switch
 from seqis.importance.factors import FACTORS
-from seqis.importance.switch import Judgement, as_records, ceiling, estimated_gain
+from seqis.importance.switch import HarvestSample, Judgement, StoreState, as_records, ceiling, estimated_gain
 from seqis.options import name
 from seqis.training.config import TrainConfig
 from seqis.training.trainer import Run, evaluate
@@ -32,23 +35,23 @@ from seqis.training.trainer import Run, evaluate
 BRIEF_STEPS = 300  # what diagnose trains, and plans when the command plans nothing
 
 
-def diagnosis_config(config: TrainConfig) -> TrainConfig:
-    """The run diagnose trains: ``config``'s plan (300 steps without one) up to ``--stop-at`` (300),
-    with the switch deciding (``--always-on`` would leave it nothing to judge)."""
-    planned = config.steps is not None or config.epochs is not None or config.time_budget is not None
-    return replace(
-        config,
-        steps=config.steps if planned else BRIEF_STEPS,
-        stop_at=config.stop_at or (None if config.time_budget else BRIEF_STEPS),
-        mining=replace(config.mining, always_on=False),
-    )
+def diagnosis_config(config: TrainConfig, sequences: int) -> TrainConfig:
+    """The run diagnose trains: ``config``'s own (a plan's end is not judged: it stops at 300 steps,
+    or half the plan when that is shorter), with the switch deciding (``--always-on`` would leave
+    it nothing to judge). Without a plan the switch's horizon is an epoch, as in ``train``."""
+    planned = config.plan(sequences).planned_steps
+    stop_at = config.stop_at or (None if config.time_budget else min(BRIEF_STEPS, planned or BRIEF_STEPS))
+    if config.stop_at is None and planned is not None and planned <= 2 * BRIEF_STEPS:
+        stop_at = max(1, planned // 2)
+    return replace(config, stop_at=stop_at, mining=replace(config.mining, always_on=False))
 
 
 def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = None) -> dict:
     """Train briefly (or restore the newest checkpoint of run folder ``checkpoint``), then judge."""
     if checkpoint is None:
-        config = diagnosis_config(config)
-        run = Run(config, None, DistContext())
+        data = load_data(config.data, config.data_options)
+        config = diagnosis_config(config, len(data.train_idx))
+        run = Run(config, data, DistContext())
         summary = run.train()
         train_per_seq = summary["wall_time_s"] / max(1, summary["steps"] * config.batch_size)
         val_loss = summary["final_val_loss"]
@@ -57,11 +60,12 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
         config = run.config
         val_loss = evaluate(run.model, run.data, run.data.val_idx, run.device)[0]
         train_per_seq = _time_training_step(run.model, run.data, config.batch_size, run.device)
-    if run.miner is None:
-        raise CheckpointError(f"the run trains {config.sampler_label}, which keeps no factors to judge")
-    judgement = run.miner.judge(run.state.step)
     factors, score_per_seq, pool = _score_sample(config, run, sample)
     costs = run.data.lengths[pool].double().numpy() if config.mining.cost_aware else None
+    if run.miner is not None:
+        judgement = run.miner.judge(run.state.step)
+    else:
+        judgement = _judge_switching_on(config, run, factors, costs)
     report = {
         **_fresh_figures(config, factors, costs),
         "judgement": asdict(judgement),
@@ -73,7 +77,8 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
         "cost_ratio": score_per_seq / train_per_seq,
         "measured_refresh_overhead": config.mining.refresh_share * score_per_seq / train_per_seq,
     }
-    return _write(Path(config.out), config, report, factors, as_records(run.miner.switch.history))
+    history = as_records(run.miner.switch.history) if run.miner is not None else []
+    return _write(Path(config.out), config, report, factors, history)
 
 
 def _restored(run_dir: Path, options: TrainConfig) -> Run:
@@ -85,8 +90,22 @@ def _restored(run_dir: Path, options: TrainConfig) -> Run:
         raise CheckpointError(f"no saved run configuration at {run_dir / 'config.json'}") from None
     config = replace(TrainConfig.from_dict(saved), out=options.out, progress=False)
     run = Run(config, None, DistContext())
-    run.restore(run_dir)
+    run.restore(run_dir, inspect_only=True)  # a torchrun run's too: rank 0's state
     return run
+
+
+def _judge_switching_on(config: TrainConfig, run: Run, factors: np.ndarray, costs) -> Judgement:
+    """A run without factors (uniform): the judgement of the switch a ``fim`` run would have, were
+    it to start drawing by importance now, from fresh factors of a uniform sample (weights 1), an
+    empty store and the rest of the plan; no noise scale was recorded."""
+    mining = config.with_sampler("fim").mining
+    plan, step = run.plan, run.state.step
+    switch = mining.scheme.make_switch(mining, plan.batch_size, refreshes=True)
+    mean = float(np.mean(factors)) or 1.0
+    sample = HarvestSample(np.zeros_like(factors), factors / mean, np.ones_like(factors), costs)
+    store = StoreState.of(0.0, plan.sequences, plan.batch_size, mining.refresh_share, plan.horizon(step - 1))
+    judged = switch.judge(step, False, sample, None, store)
+    return replace(judged, reason=f"{judged.reason}: a uniform run, judged for fim from fresh factors")
 
 
 def _fresh_figures(config: TrainConfig, factors: np.ndarray, costs: np.ndarray | None) -> dict:

@@ -89,7 +89,7 @@ class RaceConfig:
             missing = [s for s in self.samplers if s not in self.lrs]
             check(not missing, f"{name(self, 'lrs')} gives no learning rate for {', '.join(missing)}")
         if isinstance(self.targets, str) and self.targets != "auto":
-            self.targets = parse_targets(self.targets)
+            self.targets = parse_targets(self.targets, name(self, "targets"))
         if isinstance(self.budgets, str):
             self.budgets = _numbers(self, "budgets", self.budgets, upper=1.0)
         if self.budgets is not None:
@@ -102,7 +102,7 @@ class RaceConfig:
     @property
     def targets_spec(self) -> str:
         """The targets as the report records them: 'auto' or the comma-separated losses."""
-        return self.targets if isinstance(self.targets, str) else ",".join(f"{t:g}" for t in self.targets)
+        return self.targets if isinstance(self.targets, str) else ",".join(str(t) for t in self.targets)
 
 
 def _numbers(race: RaceConfig, field_name: str, text: str, upper: float = float("inf")) -> list[float]:

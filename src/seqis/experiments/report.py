@@ -11,55 +11,46 @@ import json
 from pathlib import Path
 
 from seqis.experiments.analysis import analyse, load_runs, tuned_runs
-from seqis.experiments.plots import plot_race, plot_speedups
+from seqis.experiments.plots import plot_budgets, plot_race, plot_speedups
 from seqis.experiments.tables import (
     CELL_RULE,
     LABELS,
     RUN_HEADER,
     budget_section,
     grid_table,
+    headline,
     metric_section,
     run_row,
+    saving_text,
     table,
+    time_verdict,
 )
 
 
-def report(result: dict) -> str:
-    """``report.md`` of a race's summary (with its ``tables`` and ``step_tables``)."""
-    m = result["machine"]
-    per_sampler = [run_row(result, s) for s in result["samplers"]]
-    if result["steps"]:
-        budget = f"{result['steps']} steps per run"
-    elif result.get("epochs"):
-        budget = f"{result['epochs']:g} epochs per run (the full budget)"
-    elif result.get("time_budget"):
-        budget = f"{result['time_budget']:.0f} s of training per run"
-    else:
-        budget = "as planned in the command"
+def report(result: dict, images: list[str] | None = None) -> str:
+    """``report.md`` of a race's summary (with its ``tables`` and ``step_tables``): the headline
+    and its picture first, then the budget protocol, the speedups, the runs and the grid."""
+    images = images or []
     sections = [metric_section(result, metric) for metric in result["metrics"]]
-    lrs = result["lrs"]
-    lrs = (
-        ", ".join(f"{s} {lr:g}" for s, lr in lrs.items())
-        if isinstance(lrs, dict)
-        else ", ".join(f"{lr:g}" for lr in lrs)
-    )
-    headline = budget_section(result) + "\n" if "budget_protocol" in result else ""
-    commit = f"; code at commit {result['commit']}" if result.get("commit") else ""
+    protocol = budget_section(result) + "\n" if "budget_protocol" in result else ""
+    first = images[0] + "\n\n" if images else ""
     return f"""# {result["data"]}: importance sampling vs uniform
 
-Command: `{result["command"]}`
+{_setting(result)}
 
-Machine: {m["cpu"]}, {m["cores"]} cores, {m["threads"]} torch threads; torch {m["torch"]},
-Python {m["python"]}; {m["date"]}{commit}. Budget: {budget}; {result["seeds"]} seeds; learning rates {lrs};
-runs one at a time, the samplers' order rotated per seed.
+```
+{headline(result)}
+```
 
-{headline}## Speedups, tuned vs tuned
+{first}{protocol}## Speedups, tuned vs tuned
 
 Each sampler runs at its own best learning rate (lowest median best validation loss over
 seeds). speedup = uniform's time-to-target / the sampler's, paired by seed: median
 (min–max); above 1 the sampler is faster. Targets are uniform's running best at
 30/60/90/100% of its steps (median over seeds), so about half of uniform's own seeds miss
-the 100% one. {CELL_RULE} Evaluation is outside the clock.
+the 100% one. {CELL_RULE} A time ratio whose step ratio is 1.00, or whose seeds fall on both
+sides of 1, is per-step cost and timing noise, not a gain: the plots draw it hollow.
+Evaluation is outside the clock.
 
 {chr(10).join(sections)}
 ## Runs (medians over seeds, each sampler at its best learning rate)
@@ -73,32 +64,74 @@ variance cut g the distribution delivered, median over the switch decisions that
 importance sampling on; compare it with the measured step speedups above.
 
 {RUN_HEADER}
-{chr(10).join(per_sampler)}
+{chr(10).join(run_row(result, s) for s in result["samplers"])}
 
 ## Learning-rate grid: median best validation loss
 
 {grid_table(result)}
 
-![validation loss vs wall-clock](val_loss_vs_time.png)
-![training loss on a fixed subset vs wall-clock](train_eval_loss_vs_time.png)
-![validation loss vs steps](val_loss_vs_steps.png)
-![speedups](speedups.png)
+{chr(10).join(images[1:])}
 """
 
 
-def _plot(result: dict, records: list[dict], out: Path) -> None:
-    """The race's curves (each sampler at its best lr) against time and steps, and its speedups."""
-    samplers = [s for s in result["samplers"] if any(r["sampler"] == s for r in records)]
-    chosen = tuned_runs(records, result["best_lr"])
-    curves = {s: [r["rows"] for r in chosen if r["sampler"] == s] for s in samplers}
+def _setting(result: dict) -> str:
+    """The race's command, machine, budget, seeds and learning rates."""
+    m = result["machine"]
+    if result["steps"]:
+        budget = f"{result['steps']} steps per run"
+    elif result.get("epochs"):
+        budget = f"{result['epochs']:g} epochs per run (the full budget)"
+    elif result.get("time_budget"):
+        budget = f"{result['time_budget']:.0f} s of training per run"
+    else:
+        budget = "as planned in the command"
+    lrs = result["lrs"]
+    if isinstance(lrs, dict):
+        lrs = ", ".join(f"{s} {lr:g}" for s, lr in lrs.items())
+    else:
+        lrs = ", ".join(f"{lr:g}" for lr in lrs)
+    commit = f"; code at commit {result['commit']}" if result.get("commit") else ""
+    return f"""Command: `{result["command"]}`
+
+Machine: {m["cpu"]}, {m["cores"]} cores, {m["threads"]} torch threads; torch {m["torch"]},
+Python {m["python"]}; {m["date"]}{commit}. Budget: {budget}; {result["seeds"]} seeds; learning rates {lrs};
+runs one at a time, the samplers' order rotated per seed."""
+
+
+def _plot(result: dict, records: list[dict], out: Path) -> list[str]:
+    """The race's plots, the headline's first: the budget protocol when it ran, the speedups, then
+    the curves of each sampler at its best lr and full budget against time and steps. Returns the
+    report's image lines."""
+    images = []
     title = f"{result['data']}, {result['model']}, {result['seeds']} seeds, each sampler at its best lr"
-    targets, metrics = result["targets"], result["metrics"]
-    for m in ("val_loss", "train_eval_loss"):
-        if m in metrics:
-            plot_race(curves, "wall_time_s", out / f"{m}_vs_time.png", title, targets[m], m, LABELS[m])
-            plot_race(curves, "step", out / f"{m}_vs_steps.png", title, targets[m], m, LABELS[m])
+    if "budget_protocol" in result:
+        plot_budget_protocol(result, out / "budget.png", title)
+        images.append("![final validation loss against the budget](budget.png)")
+    samplers = [s for s in result["samplers"] if any(r["sampler"] == s for r in records)]
     if len(samplers) > 1:
-        plot_speedups(result["speedup"]["val_loss"], out / "speedups.png", title)
+        time, steps = result["speedup"]["val_loss"], result["step_speedup"]["val_loss"]
+        noise = {s: {t: time_verdict(stat, steps[s][t]) for t, stat in time[s].items()} for s in time}
+        plot_speedups(steps, {}, out / "step_speedups.png", title, "steps")
+        plot_speedups(time, noise, out / "speedups.png", title, "time")
+        images += ["![speedups in steps](step_speedups.png)", "![speedups in time](speedups.png)"]
+    full = [r for r in tuned_runs(records, result["best_lr"]) if r["budget"] == 1.0]
+    curves = {s: [r["rows"] for r in full if r["sampler"] == s] for s in samplers}
+    for m in ("val_loss", "train_eval_loss"):
+        if m not in result["metrics"]:
+            continue
+        for key, unit in (("wall_time_s", "time"), ("step", "steps")):
+            png = out / f"{m}_vs_{unit}.png"
+            plot_race(curves, key, png, f"{title}, full budget", result["targets"][m], m, LABELS[m])
+            images.append(f"![{LABELS[m]} vs {unit}, full budget]({png.name})")
+    return images
+
+
+def plot_budget_protocol(result: dict, png: Path, title: str) -> Path:
+    protocol = result["budget_protocol"]
+    figures = protocol["figures"]
+    labels = {s: f"{s}: lossless {saving_text(f['lossless'])}" for s, f in figures.items()}
+    threshold = next(iter(figures.values()))["lossless"]["threshold"] if figures else float("nan")
+    return plot_budgets(protocol["table"], labels, threshold, png, title)
 
 
 def write_report(out: Path) -> dict:
@@ -107,9 +140,10 @@ def write_report(out: Path) -> dict:
     meta = json.loads((out / "race.json").read_text())
     records = load_runs(out)
     result = analyse(meta, records)
-    _plot(result, records, out)
+    images = _plot(result, records, out)
     result["tables"] = {m: table(result, "speedup", m) for m in result["metrics"]}
     result["step_tables"] = {m: table(result, "step_speedup", m) for m in result["metrics"]}
+    result["headline"] = headline(result)
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (out / "report.md").write_text(report(result))
+    (out / "report.md").write_text(report(result, images))
     return result

@@ -164,9 +164,12 @@ def saving_cell(lossless: dict) -> str:
 
 
 def equivalent_cell(equivalent: dict) -> str:
-    """``0.92 (steps worth 1.21×)``; ``> 1`` when uniform's full budget is worse."""
+    """``0.92 (steps worth 1.21×)``; ``> 1`` when uniform's full budget is worse by more than its
+    seeds' spread, ``≈ 1`` within it."""
     if equivalent["kind"] == "above":
-        return "> 1 (better than uniform's full budget)"
+        return "> 1 (better than uniform's full budget, beyond its seeds' spread)"
+    if equivalent["kind"] == "within":
+        return "≈ 1 (within uniform's seed spread at the full budget)"
     bound = "≤ " if equivalent["kind"] == "at_most" else ""
     worth = equivalent.get("steps_worth")
     steps = f" (steps worth {bound}{worth:.2f}×)" if worth is not None else ""
@@ -201,5 +204,66 @@ def budget_section(result: dict) -> str:
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]
     for sampler, fig in figures.items():
-        lines.append(f"| {sampler} | {saving_cell(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
+        lines.append(f"| {sampler} | {saving_text(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
     return "\n".join(lines) + "\n"
+
+
+# -- what compare prints first ------------------------------------------------------------------
+SAME_STEPS = 0.005  # a step ratio within this of 1: the same steps, whatever the clock says
+
+
+def time_verdict(time_stat: dict, step_stat: dict | None) -> str:
+    """Why a time ratio is not a gain: ``"same steps"`` when the step ratio is 1.00 (the clock then
+    measures per-step cost and timing noise), ``"spread covers 1"`` when the seeds disagree on its
+    side of 1; ``""`` when it stands."""
+    steps = None if step_stat is None else step_stat.get("median")
+    if steps is not None and abs(steps - 1.0) < SAME_STEPS:
+        return "same steps"
+    low, high = time_stat.get("min"), time_stat.get("max")
+    if low is not None and high is not None and low <= 1.0 <= high:
+        return "spread covers 1"
+    return ""
+
+
+def headline(result: dict) -> str:
+    """compare's summary at a glance: the budget protocol's lossless saving when it ran, else the
+    speedup to uniform's best validation loss; a time ratio that is noise says so."""
+    lines = [
+        f"{result['data']}, {result['seeds']} seed(s), each sampler at its own best learning rate "
+        f"({', '.join(f'{s} {lr:g}' for s, lr in result['best_lr'].items())}):"
+    ]
+    if "budget_protocol" in result:
+        table, figures = result["budget_protocol"]["table"], result["budget_protocol"]["figures"]
+        uniform = table["uniform"]["1.0"]["loss"]
+        for sampler, fig in figures.items():
+            loss = table[sampler]["1.0"]["loss"]
+            lines.append(
+                f"  {sampler}: lossless saving {saving_text(fig['lossless'])}; full-budget val loss "
+                f"{loss['mean']:.4f} (uniform's {uniform['mean']:.4f} "
+                f"± {fig['lossless']['tolerance']:.4f} over its seeds)"
+            )
+        return "\n".join(lines)
+    target = str(result["targets"]["val_loss"][-1])
+    for sampler in result["speedup"]["val_loss"]:
+        time_stat = result["speedup"]["val_loss"][sampler][target]
+        step_stat = result["step_speedup"]["val_loss"][sampler][target]
+        text = _speedup_text(time_stat, step_stat)
+        lines.append(f"  {sampler}: to uniform's best val loss {float(target):.4f}, {text}")
+    return "\n".join(lines)
+
+
+def saving_text(lossless: dict) -> str:
+    """:func:`saving_cell`, marked when the steps are the same (its time ratio is then noise)."""
+    cell = saving_cell(lossless)
+    if lossless.get("steps_saving") is not None and abs(lossless["steps_saving"] - 1.0) < SAME_STEPS:
+        cell += " [same steps: the time ratio is noise, not a gain]"
+    return cell
+
+
+def _speedup_text(time_stat: dict, step_stat: dict) -> str:
+    if step_stat["median"] is None or time_stat["median"] is None:
+        return f"steps {cell(step_stat)}, time {cell(time_stat)}"
+    text = f"{step_stat['median']:.2f}x in steps, {time_stat['median']:.2f}x in time"
+    noise = time_verdict(time_stat, step_stat)
+    marked = f" [{noise}: the time ratio is noise, not a gain]" if noise else ""
+    return f"{text}{marked} (n={time_stat['n']})"

@@ -160,6 +160,7 @@ class Miner:
         config: MiningConfig,
         score_fn: Callable[[Tensor], Tensor] | None = None,
         lengths: Tensor | None = None,
+        *,
         ctx: DistContext | None = None,
         plan: Plan | None = None,
         grad_batch_size: int | None = None,
@@ -365,14 +366,17 @@ class Miner:
 
     def judge(self, steps_done: int) -> Judgement:
         """What the switch concludes after ``steps_done`` steps, as :meth:`decide` would, without
-        deciding: ``seqis diagnose`` reports it. After a step the switch already decided at, that
-        decision stands; in ``--anneal``'s uniform tail, after a tripped validation watch and
-        before the first decision the run is uniform, and the judgement says why."""
+        deciding: ``seqis diagnose`` reports it. In the uniform tail (``anneal``), after a tripped
+        validation watch and before the first decision the run is uniform, and the judgement says
+        why; after a step the switch already decided at, that decision stands. Under
+        ``torch.distributed`` every rank must call it (it hands held harvests over, a collective)."""
+        if self._in_tail(steps_done):
+            return Judgement(steps_done, False, "the uniform tail of the plan (anneal)", judged=False)
+        if self.switch.watch.tripped:
+            return Judgement(steps_done, False, "the validation watch tripped", judged=False)
         last = self.switch.last
         if last is not None and last.step == steps_done:
             return last
-        if self._in_tail(steps_done):
-            return Judgement(steps_done, False, "--anneal's uniform tail", judged=False)
         if steps_done < self.config.warmup_steps:
             warmup = f"the first {self.config.warmup_steps} steps are uniform"
             return Judgement(steps_done, False, warmup, judged=False)
@@ -401,18 +405,22 @@ class Miner:
         self.switch.update_lr_multiplier(cut, self.sampler.active)
         self.mining_time_s += time.perf_counter() - start
 
-    def observe_validation(self, step: int, val_loss: float, train_loss: float | None = None) -> None:
+    def observe_validation(
+        self, step: int, val_loss: float, train_loss: float | None = None, every_rank: bool = False
+    ) -> None:
         """A validation after ``step`` steps (``train_loss``: the training loss of the same model,
         for the gap). When importance sampling's faster fitting stops paying on validation, the
         run returns to uniform for good (:class:`seqis.importance.switch.ValidationWatch`).
 
-        Not a collective: under ``torch.distributed`` any ranks may call it (rank 0 alone, or
-        all); the figures wait until the next switch decision, which every rank reaches at the
-        same step, and there every rank's watch judges the mean of what was reported.
+        Under ``torch.distributed`` any ranks may call it (rank 0 alone, or all): the figures wait
+        until the next switch decision, which every rank reaches at the same step, and there every
+        rank's watch judges the mean of what was reported. A caller whose every rank validates at
+        the same step (the trainer, the Lightning callback) passes ``every_rank``: the ranks then
+        exchange at once, as a single process judges at once.
         """
         train = math.nan if train_loss is None else float(train_loss)
         self._validations.append((step, float(val_loss), train))
-        if not self.ctx.enabled:
+        if every_rank or not self.ctx.enabled:
             self._exchange_validations()
 
     def _exchange_validations(self) -> None:

@@ -167,7 +167,7 @@ def _refuse_anneal(config: MiningConfig, scheme: str) -> None:
 def _needs_plan_for_tail(config: MiningConfig, plan: Plan) -> None:
     check(
         config.prune_anneal == 0 or plan.planned,
-        f"{name(config, 'prune_anneal')} is a share of the planned steps or epochs: give --steps or --epochs",
+        f"{name(config, 'prune_anneal')} is a share of the plan: give the run its planned steps or epochs",
     )
 
 

@@ -83,7 +83,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         return max(1, self.num_sequences // self.batch_size)
 
     def positions_of(self, dataset_indices: Tensor) -> np.ndarray:
-        """Positions in :attr:`indices` of these dataset indices."""
+        """Positions in ``indices`` of these dataset indices."""
         if self._position is None:
             self._position = np.full(int(self.indices.max()) + 1, -1, dtype=np.int64)
             self._position[self.indices.numpy()] = np.arange(self.num_sequences)
@@ -426,7 +426,7 @@ class ImportanceSampler(UniformBatchSampler):
 class PresamplingSampler(ImportanceSampler):
     """Katharopoulos & Fleuret's presampling: score ``ratio * b`` uniform candidates in a
     forward pass, then draw ``b`` of them with probability mixed from their scores. The miner's
-    switch sets ``ratio`` (the pool that pays best, :meth:`seqis.importance.switch.Switch.size_pool`).
+    switch sets ``ratio`` (the pool that pays best, :meth:`seqis.importance.switch.PoolSwitch.size_pool`).
 
     Weights are relative to the candidate pool, w_j = 1 / (B p_j), so the weighted batch is
     unbiased for the pool's mean, which is unbiased for the dataset's. ``score_fn`` maps

@@ -27,7 +27,7 @@ from seqis.plan import Plan
 from seqis.training.schedule import SCHEDULES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SINGLE_RUN = ("train", "diagnose")
+SINGLE_RUN = ("train", "diagnose", "demo")
 
 
 @dataclass

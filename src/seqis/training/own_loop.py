@@ -17,18 +17,19 @@ and miner come from :func:`seqis.training.wiring.sampling_for`, as in ``seqis tr
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
 from seqis.importance.factors import FACTORS
-from seqis.importance.hooks import OutputLayerNorms
+from seqis.importance.hooks import BatchGradient, LossCoefficients, OutputLayerNorms
 from seqis.importance.scoring import PerSequenceLoss, output_layer_scorer, to_device
 from seqis.options import check, name
 from seqis.plan import Plan
@@ -88,7 +89,8 @@ class ImportanceLoader:
         self.output_layer = output_layer
         self.factor = FACTORS[self.config.factor]
         self.norms = OutputLayerNorms(output_layer, self.factor.from_hooks)
-        self.grad_sq = _PreClipGradSq(output_layer)
+        self.grad_sq = BatchGradient(output_layer)
+        self.coefficients = LossCoefficients()
         self.ctx = DistContext.current()
         self._source(dataloader)
         score_fn = self._scorer(loss_fn, model) if loss_fn is not None else None
@@ -112,7 +114,9 @@ class ImportanceLoader:
         self._drawn_active = False  # whether that batch was an importance draw
         self._drawn: deque[tuple[Tensor, Tensor, bool]] = deque()  # drawn, not yet begun
         self._replay: list[tuple[Tensor, Tensor, bool]] = []  # drawn before a checkpoint, not trained
-        self._reduction = "mean"
+        self._weighed = self._stepped = False  # for the batch being trained
+        self._warned: set[str] = set()  # each misuse is said once
+        self._layer_checked = False
         # Trainers that fetch ahead (Lightning) call begin_batch() themselves.
         self.fetches_ahead = False
 
@@ -142,7 +146,7 @@ class ImportanceLoader:
         scorer = output_layer_scorer(model, self.output_layer, loss_fn, fetch, self.factor.from_hooks)
 
         def score_fn(index: Tensor) -> Tensor:
-            with self.norms.paused():
+            with self.norms.paused(), self.grad_sq.paused():
                 return scorer(index)
 
         return score_fn
@@ -189,7 +193,15 @@ class ImportanceLoader:
         """Make the oldest fetched batch the one being trained (called by fetch-ahead trainers)."""
         if not self._drawn:
             raise RuntimeError("begin_batch(): no batch has been fetched")
+        if self.index is not None and not self._stepped:
+            self._warn_once(
+                "step",
+                "a batch went by without loader.step(): its factors were not recorded and the switch "
+                "cannot decide; call loader.step() after every backward (every micro-batch under "
+                "gradient accumulation)",
+            )
         self.index, self.weight, self._drawn_active = self._drawn.popleft()
+        self._weighed = self._stepped = False
         self.norms.reset()
         self.grad_sq.reset()
 
@@ -205,44 +217,83 @@ class ImportanceLoader:
             )
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        self._reduction = reduction
+        if not self._layer_checked and per_sequence_loss.requires_grad:
+            self._check_layer(per_sequence_loss)
+        self._weighed = True
+        self.coefficients.watch(per_sequence_loss)  # what each loss weighs in what is backpropagated
         weighted = self.weight.to(per_sequence_loss) * per_sequence_loss
         return weighted.mean() if reduction == "mean" else weighted.sum()
 
-    def step(self, batch_grad_sq: float | Tensor | None = None, read_grad: bool = True) -> None:
-        """After the backward pass: record this batch's factors, then refresh and switch.
+    def _check_layer(self, per_sequence_loss: Tensor) -> None:
+        """Once: the hooked layer must be the one the loss reads (not, say, the input layer)."""
+        self._layer_checked = True
+        if not self.norms.read_by(per_sequence_loss):
+            raise ValueError(
+                "the loss does not read the layer ImportanceLoader hooks (another trained layer lies "
+                "between them): pass the model's output nn.Linear, the one whose outputs the loss takes"
+            )
 
-        The noise scale reads the output layer's gradient as the backward pass left it, before
-        any clipping (hooks); pass ``batch_grad_sq`` yourself (the squared norm of the mean-loss
-        gradient), or ``read_grad=False`` when the gradient is not this batch's own (gradient
-        accumulation).
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"ImportanceLoader: {message}", RuntimeWarning, stacklevel=3)
+
+    def step(self, batch_grad_sq: float | Tensor | None = None, read_grad: bool = True) -> None:
+        """After each backward pass (each micro-batch under gradient accumulation): record this
+        batch's factors, then refresh and switch.
+
+        The noise scale reads the output layer's gradient as this backward pass left it, before
+        any clipping (hooks; a gradient mixed with an earlier micro-batch's is skipped); pass
+        ``batch_grad_sq`` yourself (the squared norm of the mean-loss gradient), or
+        ``read_grad=False`` to skip it.
         """
         if self.index is None:
             raise RuntimeError("step() before a batch: iterate the loader first")
+        if self._drawn_active and not self._weighed:
+            self._warn_once(
+                "weigh",
+                "importance sampling is on, and this batch's loss was not weighed: its gradient is "
+                "biased; compute the loss with loader.weigh(per_sequence_loss)",
+            )
+        coefficients, weight = self.coefficients.value, self.weight
         if batch_grad_sq is None and read_grad:
-            batch_grad_sq = self.grad_sq.value()
-            if batch_grad_sq is not None and self._reduction == "sum":
-                batch_grad_sq /= len(self.weight) ** 2  # the noise scale wants the mean's gradient
+            batch_grad_sq = self._mean_loss_grad_sq(coefficients)
         if self.miner is not None:
-            weight, reduction = self.weight, self._reduction
             self.miner.harvest(
                 self.index,
-                lambda k: self.norms.compute(weight, reduction, count=k),
+                lambda k: self.norms.compute(weight, count=k, coefficients=coefficients),
                 self.steps,
                 weight,
                 batch_grad_sq,
                 drawn_active=self._drawn_active,
             )
             self.miner.after_step(self.steps)
+        self._stepped = True
         self.steps += 1
 
-    def observe_validation(self, val_loss: float, train_loss: float | None = None) -> None:
+    def _mean_loss_grad_sq(self, coefficients: Tensor | None) -> Tensor | None:
+        """|G_b|^2 of the weighted mean loss: the layer's gradient rescaled from what the loop
+        backpropagated (a sum, a 1/k for accumulation: coefficients c_i = kappa w_i / B)."""
+        grad_sq = self.grad_sq.value()
+        if grad_sq is None or coefficients is None:
+            return grad_sq
+        weight = self.weight.to(coefficients)
+        kappa = (coefficients * len(weight) / weight).mean()
+        return grad_sq / kappa.to(grad_sq).pow(2)
+
+    def observe_validation(
+        self, val_loss: float, train_loss: float | None = None, every_rank: bool = False
+    ) -> None:
         """After each validation: your validation loss and (for the gap) the training loss of the
         same model. When importance sampling's faster fitting stops paying on validation, the
-        loader draws uniformly for the rest of the run (``MiningConfig.val_patience``)."""
+        loader draws uniformly for the rest of the run (``MiningConfig.val_patience``).
+
+        Under DDP you may call it on rank 0 alone: the figures reach every rank at the switch's
+        next decision. Pass ``every_rank=True`` when every rank calls it after the same step (the
+        ranks then exchange at once, as a single process would judge)."""
         if self.miner is not None:
             train = None if train_loss is None else float(train_loss)
-            self.miner.observe_validation(self.steps, float(val_loss), train)
+            self.miner.observe_validation(self.steps, float(val_loss), train, every_rank)
 
     @property
     def active(self) -> bool:
@@ -288,12 +339,28 @@ class ImportanceLoader:
 
 
 def _check_loader(dataloader: DataLoader, loss_fn: Any, model: Any) -> None:
+    """What the loader's own sampling would replace is refused, never silently dropped."""
     if not isinstance(dataloader, DataLoader):
         raise TypeError(f"ImportanceLoader wraps a torch DataLoader, got {type(dataloader).__name__}")
+    if isinstance(dataloader.dataset, IterableDataset) or not hasattr(dataloader.dataset, "__getitem__"):
+        raise TypeError(
+            "ImportanceLoader needs a map-style dataset (one with __getitem__ and __len__): it draws "
+            f"sequences by index, and {type(dataloader.dataset).__name__} is iterable only"
+        )
     if dataloader.batch_size is None:
-        raise ValueError("ImportanceLoader needs the DataLoader's batch_size (it brings its own sampler)")
-    if not hasattr(dataloader.dataset, "__getitem__"):
-        raise TypeError("ImportanceLoader needs a map-style dataset (one with __getitem__ and __len__)")
+        raise ValueError("ImportanceLoader needs the DataLoader's batch_size, not a batch_sampler")
+    if type(dataloader.sampler) is SequentialSampler:  # DataLoader's default: no intent to keep
+        warnings.warn(
+            "ImportanceLoader: the DataLoader's order (shuffle=False) is replaced by seqis's own draws: "
+            "shuffled epochs while importance sampling is off, importance draws while it is on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif type(dataloader.sampler) is not RandomSampler:
+        raise ValueError(
+            f"ImportanceLoader draws its own batches, so your {type(dataloader.sampler).__name__} would be "
+            "replaced: build the DataLoader with shuffle=True and no sampler"
+        )
     if (loss_fn is None) != (model is None):
         raise ValueError("refresh needs both loss_fn and model (or neither)")
 
@@ -311,35 +378,6 @@ def _check_config(config: MiningConfig) -> None:
         f"{name(config, 'lr_scale')} changes the learning rate, which your loop (or scheduler) owns: "
         "refused here",
     )
-
-
-class _PreClipGradSq:
-    """The squared norm of a layer's gradient as each backward pass leaves it, before any clipping."""
-
-    def __init__(self, layer: nn.Module):
-        self._parts: dict[int, Tensor] = {}
-        self._handles = [
-            p.register_post_accumulate_grad_hook(self._record) for p in layer.parameters() if p.requires_grad
-        ]
-        self._count = len(self._handles)
-
-    def _record(self, param: Tensor) -> None:
-        self._parts[id(param)] = param.grad.detach().float().pow(2).sum()  # half precision is too coarse
-
-    def reset(self) -> None:
-        self._parts.clear()
-
-    def value(self) -> Tensor | None:
-        """A 0-d tensor on the layer's device (read without waiting for it); None until every
-        parameter of the layer has received its gradient."""
-        if len(self._parts) < self._count:
-            return None
-        return torch.stack(list(self._parts.values())).sum()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 class _LoggedDraws(torch.utils.data.Sampler):

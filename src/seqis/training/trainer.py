@@ -261,21 +261,33 @@ class Run:
             "cuda_rng": self.ctx.gather_object(cuda),
         }
 
-    def restore(self, run_dir: Path | None = None) -> None:
+    def restore(self, run_dir: Path | None = None, inspect_only: bool = False) -> None:
         """Continue from the newest good checkpoint (of ``run_dir``, default this run's folder);
-        every setting that trains must match, and the plan too wherever the run depends on it."""
+        every setting that trains must match, and the plan too wherever the run depends on it.
+        ``inspect_only`` (``seqis diagnose``): a checkpoint of any number of processes, rank 0's
+        state, for looking at, not for training on."""
         # Rank 0 chooses, every rank loads that file: a lagging or corrupted copy on one rank
         # fails loudly instead of letting the ranks diverge.
         source = Path(run_dir) if run_dir is not None else self.out
         chosen = self.ctx.broadcast_object(str(load_latest(source)[1]) if self.ctx.is_main else None)
         path = Path(chosen)
         saved = load_checkpoint(path)
-        if saved.get("world_size", 1) != self.ctx.world:
+        if saved.get("world_size", 1) != self.ctx.world and not inspect_only:
             raise CheckpointError(
                 f"checkpoint {path} was written by {saved.get('world_size', 1)} process(es), this "
                 f"run has {self.ctx.world}; resume with the same number of processes"
             )
         self._check_settings(saved["config"], path)
+        try:
+            self._load(saved, rank=0 if inspect_only else self.ctx.rank)
+        except ValueError as e:  # a sampler of another size: another training set
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {e}") from None
+        self.resumed = True
+        if self.ctx.is_main and self.config.progress:
+            print(f"resuming from {path} at step {self.state.step}")
+
+    def _load(self, saved: dict, rank: int) -> None:
+        """Every part's state from a checkpoint, with ``rank``'s random number generators."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.sampler.load_state_dict(saved["sampler"])
@@ -283,13 +295,10 @@ class Run:
             self.miner.load_state_dict(saved["miner"])
         self.state.load_state_dict(saved["run"])
         self.metrics_rows = saved["metrics"]
-        torch.set_rng_state(saved["torch_rng"][self.ctx.rank])
-        cuda_rng = saved["cuda_rng"][self.ctx.rank]
+        torch.set_rng_state(saved["torch_rng"][rank])
+        cuda_rng = saved["cuda_rng"][rank]
         if cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_rng)
-        self.resumed = True
-        if self.ctx.is_main and self.config.progress:
-            print(f"resuming from {path} at step {self.state.step}")
 
     def _check_settings(self, saved: dict, path: Path) -> None:
         """Refuse a resume whose settings would change what the saved run trains."""
@@ -455,7 +464,7 @@ class Run:
             }
         )
         if miner is not None:
-            miner.observe_validation(self.state.step, val, train_eval)
+            miner.observe_validation(self.state.step, val, train_eval, every_rank=True)
         return val
 
     # -- the end -----------------------------------------------------------------------------

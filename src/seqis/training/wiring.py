@@ -49,6 +49,11 @@ def sampling_for(
         >>> sampler, miner = sampling_for(MiningConfig(sampler="fim"), torch.arange(1000), 64)
     """
     indices = torch.as_tensor(indices, dtype=torch.long)
+    check(
+        len(indices) >= batch_size,
+        f"{len(indices)} training sequences are fewer than a batch of {batch_size} (all ranks together): "
+        "lower the batch size",
+    )
     plan = plan or Plan(len(indices), batch_size)
     scheme = config.scheme
     _check(config, lengths, plan)
@@ -56,7 +61,7 @@ def sampling_for(
     sampler = scheme.build_sampler(config, indices, batch_size, seed, plan, lengths)
     if not scheme.mined:
         return sampler, None
-    miner = Miner(sampler, config, score_fn, lengths, ctx, plan, grad_batch_size)
+    miner = Miner(sampler, config, score_fn, lengths, ctx=ctx, plan=plan, grad_batch_size=grad_batch_size)
     scheme.connect(sampler, miner)
     return sampler, miner
 
