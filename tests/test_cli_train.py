@@ -253,3 +253,17 @@ def test_data_command(capsys):
     assert main(["data", "--data", "ucr:JapaneseVowels"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["classes"] == 9 and stats["channels"] == 12
+
+
+def test_bucketed_batches_pad_less_and_say_so(tmp_path, ts_file):
+    """Every run records what its steps paid for: padded over real positions, sequences a second."""
+    ratios = {}
+    for batching in ("random", "bucket"):
+        out = tmp_path / batching
+        args = ["train", "--data", f"ts:{ts_file}", "--steps", "30", "--batch-size", "4"]
+        args += ["--sampler", "uniform"]
+        assert main([*args, "--batching", batching, "--bucket-pool", "3", "--out", str(out), *TINY]) == 0
+        summary = _summary(out)
+        assert summary["sequences_per_s"] > 0
+        ratios[batching] = summary["padded_over_real"]
+    assert 1.0 <= ratios["bucket"] < ratios["random"]

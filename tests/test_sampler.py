@@ -519,3 +519,76 @@ def test_presampling_weights_are_unbiased_and_cut_the_variance():
     assert abs(estimates.mean() - float(x.mean())) < 4 * se
     uniform = x[torch.from_numpy(rng.integers(0, n, (6000, b)))].mean(1).numpy()
     assert estimates.var() < uniform.var()
+
+
+# -- length-aware batching -------------------------------------------------------------------------
+def _padding(sampler, lengths, draws):
+    """Padded over real positions of ``draws`` batches."""
+    padded = real = 0
+    for _ in range(draws):
+        idx, _ = sampler.draw()
+        padded += len(idx) * int(lengths[idx].max())
+        real += int(lengths[idx].sum())
+    return padded / real
+
+
+def test_bucketed_epochs_are_permutations_whose_batches_pad_little_also_across_epochs():
+    n, b = 1000, 64  # 15 batches and 40 an epoch: later epochs begin mid-batch
+    lengths = torch.randint(1, 200, (n,), generator=torch.Generator().manual_seed(0))
+    bucketed = UniformBatchSampler(range(n), batch_size=b, seed=3)
+    bucketed.set_buckets(lengths, pool=10)
+    random = UniformBatchSampler(range(n), batch_size=b, seed=3)
+    seen = torch.cat([bucketed.draw()[0] for _ in range(3 * n // b)])
+    assert sorted(seen[: 15 * b].tolist()) != list(range(15 * b))  # shuffled
+    assert sorted(torch.cat([seen[:n]]).tolist()) == list(range(n))  # each epoch: every sequence once
+    assert sorted(seen[n : 2 * n].tolist()) == list(range(n))
+    bucketed_ratio = _padding(bucketed, lengths, 3 * n // b)  # epochs 4-6, each beginning mid-batch
+    assert bucketed_ratio < 1.25 < 1.6 < _padding(random, lengths, 3 * n // b)
+
+
+def test_bucketed_importance_draws_keep_their_weights_and_stay_unbiased():
+    """Each batch holds sequences of similar length, yet over draws the weighted mean is the
+    data's mean (values that grow with length would show any length bias)."""
+    n = 400
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 100, (n,), generator=g)
+    values = lengths.double() + torch.randn(n, generator=g, dtype=torch.float64) * 10
+    factors = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.1
+    sampler = ImportanceSampler(range(n), batch_size=16, smoothing=0.2, seed=2)
+    sampler.set_buckets(lengths, pool=8)
+    sampler.record(torch.arange(n), factors)
+    sampler.active = True
+    probabilities = sampler.probabilities()
+    estimates, spans = [], []
+    for _ in range(4000):
+        idx, w = sampler.draw()
+        assert np.allclose(w.numpy(), 1 / (n * probabilities[idx.numpy()]), rtol=1e-5)
+        estimates.append(float((w.double() * values[idx]).mean()))
+        spans.append(int(lengths[idx].max() - lengths[idx].min()))
+    se = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - float(values.mean())) < 4 * se
+    assert np.median(spans) < 25  # a random batch of 16 spans ~85 of 100 lengths
+
+
+def test_bucketed_samplers_resume_exactly_mid_epoch():
+    n, b = 300, 16
+    lengths = torch.randint(1, 50, (n,), generator=torch.Generator().manual_seed(2))
+
+    def fresh(kind):
+        if kind == "prune":
+            sampler = PruningSampler(range(n), batch_size=b, ratio=0.5, seed=4, total_steps=200, anneal=0.2)
+            sampler.record(torch.arange(n), torch.rand(n, generator=torch.Generator().manual_seed(5)))
+            sampler.active = True
+        else:
+            sampler = ImportanceSampler(range(n), batch_size=b, seed=4)
+        sampler.set_buckets(lengths, pool=5)
+        return sampler
+
+    for kind in ("importance", "prune"):
+        straight = fresh(kind)
+        for _ in range(27):  # into the second epoch, which began mid-batch
+            straight.draw()
+        resumed = fresh(kind)
+        resumed.load_state_dict(straight.state_dict())
+        for _ in range(30):
+            assert torch.equal(straight.draw()[0], resumed.draw()[0]), kind

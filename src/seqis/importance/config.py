@@ -17,6 +17,8 @@ from seqis.importance.lr_scale import LR_RULES, scales
 from seqis.importance.schemes import SAMPLER_NAMES, Scheme, resolve, sampler_help
 from seqis.options import at_least, check, name, one_of, option, positive, within
 
+BATCHINGS = ("random", "bucket")
+
 
 def _factor_help() -> str:
     return "importance factor: " + "; ".join(f"{f.name}: {f.help}" for f in FACTORS.values())
@@ -43,6 +45,13 @@ class MiningConfig:
     switch_every: int = option(4, "while IS is off: steps between harvests", cli=False)
     always_on: bool = option(False, "never fall back to uniform (no switch)")
     cost_aware: bool = option(False, "draw p ~ factor / sqrt(length): least variance per unit of work")
+    batching: str = option(
+        "random",
+        "random: batches as drawn; bucket: pools of --bucket-pool batches sorted by length and cut into "
+        "batches in a shuffled order (little padding; every sequence keeps its weight: still unbiased)",
+        choices=BATCHINGS,
+    )
+    bucket_pool: int = option(50, "bucket: batches per pool sorted by length")
     lr_scale: str = option(
         "auto",
         "while IS is on, scale the lr by rule(variance cut); auto: linear under a decaying --schedule, "
@@ -95,6 +104,8 @@ class MiningConfig:
         within(self, "anneal", 0, 1)
         at_least(self, "val_patience", 0)
         at_least(self, "refresh_fraction", 0)
+        one_of(self, "batching", BATCHINGS)
+        at_least(self, "bucket_pool")
         self.scheme.check(self)
 
     @property

@@ -70,6 +70,9 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self._progress_base = 0.0  # epochs done when this one began (an epoch may end early)
         self._progress_exact = Fraction(0)  # the same, exactly: whole sequences, never a float sum
+        self._buckets: LengthBuckets | None = None  # length-aware batching (set_buckets)
+        self._drawn = 0  # positions drawn from epoch orders: where the next batch starts
+        self._offset = 0  # positions of this epoch that completed a batch begun in the last
         self._order = self._permutation()
         self._cursor = 0
         self._position: Tensor | None = None  # dataset index -> position, built on first use
@@ -118,7 +121,25 @@ class UniformBatchSampler(torch.utils.data.Sampler):
         self.epoch = epoch
         self._progress_base = float(epoch) if progress is None else progress
         self._progress_exact = Fraction(epoch if progress is None else progress) if exact is None else exact
-        self._order, self._cursor = self._permutation(), 0
+        self._offset = -self._drawn % self.batch_size
+        self._order, self._cursor = self._arranged(self._permutation()), 0
+
+    def set_buckets(self, lengths: Sequence[int] | Tensor, pool: int = 50) -> None:
+        """Length-aware batching: each epoch order is cut into pools of ``pool`` batches, each pool
+        sorted by length and cut into batches, and the batches shuffled within their pool, so a
+        batch pads little. ``lengths`` is one per index. The weights stay per sequence, and each
+        batch is a uniformly random one of its pool's, so every step stays unbiased."""
+        self._buckets = LengthBuckets(torch.as_tensor(lengths, dtype=torch.long), self.batch_size, pool)
+        if self._cursor == 0:  # nothing drawn of this epoch yet: arrange it too
+            self._order = self._arranged(self._order)
+
+    def _arranged(self, order: Tensor) -> Tensor:
+        """``order`` bucketed by length (when set), its first ``_offset`` positions left to complete
+        the batch the last epoch began."""
+        if self._buckets is None:
+            return order
+        seed = self.seed * 1_000_003 + self.epoch + 7_777
+        return torch.cat([order[: self._offset], self._buckets.arrange(order[self._offset :], seed)])
 
     def _permutation(self) -> Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -130,6 +151,7 @@ class UniformBatchSampler(torch.utils.data.Sampler):
             self._start_epoch(self.epoch + 1, self._progress_base + 1.0, self._progress_exact + 1)
         take = self._order[self._cursor : self._cursor + most]
         self._cursor += len(take)
+        self._drawn += len(take)
         return take
 
     def draw_positions(self, count: int | None = None) -> Tensor:
@@ -193,13 +215,47 @@ class UniformBatchSampler(torch.utils.data.Sampler):
             "seed": self.seed,
             "progress": progress,
             "progress_exact": exact,
+            "drawn": self._drawn,
+            "offset": self._offset,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
-        # Always a new epoch start: the seed may have changed.
+        # Always a new epoch start (the seed may have changed), arranged as the saved one was.
+        self._drawn = -state.get("offset", 0) % self.batch_size
         self._start_epoch(state["epoch"], state.get("progress"), _exact_progress(state))
         self._cursor = state["cursor"]
+        self._drawn = state.get("drawn", 0)
+
+
+class LengthBuckets:
+    """Sorts pools of ``pool`` batches by length and shuffles the batches cut from them."""
+
+    def __init__(self, lengths: Tensor, batch_size: int, pool: int):
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+
+    def arrange(self, positions: Tensor, seed: int) -> Tensor:
+        """``positions`` in pools, each sorted by length (ties keep their random order) and cut into
+        batches that are shuffled within the pool; a short last batch stays last."""
+        g = torch.Generator().manual_seed(seed)
+        size, out = self.batch_size * self.pool, []
+        for start in range(0, len(positions), size):
+            pool = positions[start : start + size]
+            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+            batches = list(pool.split(self.batch_size))
+            short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+            out += [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + short
+        return torch.cat(out) if out else positions
+
+    def arrange_batches(self, positions: np.ndarray, weights: np.ndarray, generator: torch.Generator):
+        """Importance draws of several batches, sorted by length and cut into batches in a shuffled
+        order, each position keeping its weight."""
+        order = np.argsort(self.lengths[torch.from_numpy(positions)].numpy(), kind="stable")
+        k = len(positions) // self.batch_size
+        shuffled = torch.randperm(k, generator=generator).numpy()
+        pos = np.split(positions[order], k)
+        w = np.split(weights[order], k)
+        return [pos[i] for i in shuffled], [w[i] for i in shuffled]
 
 
 def _exact_progress(state: dict) -> Fraction | None:
@@ -292,6 +348,14 @@ class ImportanceSampler(UniformBatchSampler):
             self._ahead.clear()  # batches drawn for the other regime
         self._active = bool(value)
 
+    def set_buckets(self, lengths: Sequence[int] | Tensor, pool: int = 50) -> None:
+        """Length-aware batching for uniform epochs and importance draws alike: importance draws
+        are made ``pool`` batches at a time (the lookahead), sorted by length and cut into batches
+        in a shuffled order, each sequence keeping the weight of the distribution it was drawn from."""
+        super().set_buckets(lengths, pool)
+        self.lookahead = pool
+        self._ahead.clear()
+
     # -- factors ---------------------------------------------------------------------------
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None:
         """Store new factors for these sequences; the tree is updated in O(b log N).
@@ -374,6 +438,10 @@ class ImportanceSampler(UniformBatchSampler):
         tree_pos = self._tree.find(u * total) if share > 0 else uniform_pos
         pos = np.where(coin < share, tree_pos, uniform_pos)
         weights = self.weights_of(pos).astype(np.float32)
+        if self._buckets is not None:  # the lookahead is the pool: sorted by length, batches shuffled
+            batches, weights = self._buckets.arrange_batches(pos, weights, self._generator)
+            self._ahead.extend(zip(batches, weights, strict=True))
+            return
         self._ahead.extend(zip(np.split(pos, k), np.split(weights, k), strict=True))
 
     @property
@@ -610,6 +678,7 @@ class PruningSampler(UniformBatchSampler):
         self.factors = np.array(state["factors"], dtype=np.float64)
         self.repaired = state["repaired"]
         self._order, self._weights = state["order"].clone(), state["weights"].clone()
+        self._drawn, self._offset = state.get("drawn", 0), state.get("offset", 0)
         # Checkpoints from before the per-draw annealing lack it: a pruned epoch has weights above 1.
         self._pruned = bool(state.get("pruned", (self._weights != 1).any()))
 

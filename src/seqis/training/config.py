@@ -128,12 +128,12 @@ class TrainConfig:
             f"{name(self, 'device')} must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
         self.mining = replace(self.mining, lr_scale=lr_scale.resolve(self.mining.lr_scale, self.schedule))
-        # Padded batches cost the longest sequence whatever is drawn: cost-aware draws would only
-        # add variance there.
+        # Randomly cut padded batches cost their longest sequence whatever is drawn: cost-aware
+        # draws would only add variance there. Packed or length-bucketed ones cost their lengths.
         check(
-            not self.mining.cost_aware or self.model.pack,
-            f"{name(MiningConfig, 'cost_aware')} needs {name(ModelConfig, 'pack')}: padded batches cost "
-            "their longest sequence whatever is drawn",
+            not self.mining.cost_aware or self.model.pack or self.mining.batching == "bucket",
+            f"{name(MiningConfig, 'cost_aware')} needs {name(ModelConfig, 'pack')} or "
+            f"{name(MiningConfig, 'batching')} bucket: a padded batch costs its longest sequence",
         )
 
     def validate(self) -> None:

@@ -29,6 +29,13 @@ class RunState:
     init_sha: str = ""  # the parameters every sampler of a seed starts from
     window_losses: list[float] = field(default_factory=list)
     window_clipped: int = 0
+    real_positions: int = 0  # sequence steps trained (this rank's slices)
+    padded_positions: int = 0  # the same with the padding their batches carried
+
+    def count_positions(self, real: int, padded: int) -> None:
+        """A batch's real and padded positions (its sequences' lengths, batch x longest)."""
+        self.real_positions += real
+        self.padded_positions += padded
 
     def end_step(self, loss: float, clipped: bool, seconds: float) -> None:
         """Count a finished step: its weighted loss (unbiased under importance draws), clipping, time."""

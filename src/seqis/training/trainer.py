@@ -15,6 +15,7 @@ import gc
 import math
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,7 @@ def evaluate(
 ) -> tuple[float, float | None]:
     """Mean per-sequence loss over sequences ``index``, and accuracy for classification.
 
+    Sequences are taken in length order (the order does not matter to a mean, padding does).
     Under ``torch.distributed`` each rank evaluates every ``world``-th sequence and the sums
     are all-reduced, so every rank gets the same figures (and the same stop decision).
     """
@@ -96,6 +98,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
+    index = index[torch.argsort(data.lengths[index], stable=True)]
     for chunk in index[ctx.rank :: ctx.world].split(batch):
         out = model(data.batch(chunk).to(device))
         sums[0] += float(out.loss.double().sum())
@@ -338,7 +341,9 @@ class Run:
             write_json_atomic(self.out / "config.json", cfg.to_dict())
         self.metrics = MetricsLog(self.out, self.metrics_rows, tensorboard=cfg.tensorboard, write=ctx.is_main)
         if not self.resumed:  # curves start at the initial loss; evaluation draws no random numbers
+            tick = time.perf_counter()
             self.log_eval()
+            self._say_what_the_budget_leaves_out(time.perf_counter() - tick)
         bar = tqdm(
             total=cfg.planned_steps,
             initial=self.state.step,
@@ -352,6 +357,19 @@ class Run:
             stopped_by = self.loop(bar)
         bar.close()
         return self.finish(stopped_by)
+
+    def _say_what_the_budget_leaves_out(self, seconds: float) -> None:
+        """--time-budget counts training only: say up front what else the user will wait for."""
+        cfg = self.config
+        if cfg.time_budget is None or not (cfg.progress and self.ctx.is_main):
+            return
+        count = len(self.data.val_idx) + len(self.train_eval_idx)
+        print(
+            f"--time-budget {cfg.time_budget:g} s counts training only; each validation ({count} sequences, "
+            f"every {cfg.eval_every} steps) took {seconds:.1f} s here and is not counted "
+            "(--val-size and --train-eval-size shorten it)",
+            file=sys.stderr,
+        )
 
     def loop(self, bar: tqdm) -> str:
         """Steps, validations and checkpoints; returns what stopped the run."""
@@ -367,6 +385,7 @@ class Run:
             self.train_step()
             bar.update(1)
             if state.step % cfg.eval_every == 0:
+                bar.set_postfix_str("validating", refresh=True)
                 val_loss = self.log_eval()
                 bar.set_postfix(val=f"{val_loss:.4f}", t=f"{state.clock:.0f}s")
                 # Decided collectively: one rank leaving the loop would leave the others waiting.
@@ -396,7 +415,9 @@ class Run:
             group["lr"] = lr
         index, weights = self.sampler.draw()  # the global batch; this rank trains on its slice
         index, weights = self.ctx.shard(index), self.ctx.shard(weights)
-        batch = self.data.batch(index).to(self.device)
+        batch = self.data.batch(index)
+        self.state.count_positions(int(batch.lengths.sum()), batch.mask.numel())
+        batch = batch.to(self.device)
         output = self.net(batch)
         loss = (weights.to(self.device) * output.loss).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -514,6 +535,9 @@ class Run:
             "params_sha256": rank_shas[0],
             "init_params_sha256": state.init_sha,
             "skipped_nonfinite_steps": state.skipped,
+            # what a step paid for: padded positions over real ones, and sequences trained a second
+            "padded_over_real": state.padded_positions / max(1, state.real_positions),
+            "sequences_per_s": state.step * cfg.batch_size * ctx.world / max(state.clock, 1e-9),
             "clipped_share": state.clipped_steps / max(1, state.step),
             "final_val_acc": last["val_acc"],
             "final_train_eval_loss": last["train_eval_loss"],

@@ -59,6 +59,8 @@ def sampling_for(
     _check(config, lengths, plan)
     scheme.check_wiring(config, score_fn, plan)
     sampler = scheme.build_sampler(config, indices, batch_size, seed, plan, lengths)
+    if config.batching == "bucket":
+        sampler.set_buckets(lengths[indices], config.bucket_pool)
     if not scheme.mined:
         return sampler, None
     miner = Miner(sampler, config, score_fn, lengths, ctx=ctx, plan=plan, grad_batch_size=grad_batch_size)
@@ -75,3 +77,5 @@ def _check(config: MiningConfig, lengths: Tensor | None, plan: Plan) -> None:
         )
     if config.cost_aware:
         check(lengths is not None, f"{name(config, 'cost_aware')} needs the sequences' lengths (its costs)")
+    if config.batching == "bucket":
+        check(lengths is not None, f"{name(config, 'batching')} bucket needs the sequences' lengths")
