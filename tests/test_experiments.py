@@ -445,3 +445,15 @@ def test_the_demo_races_the_default_against_uniform_and_draws_one_picture(tmp_pa
     assert result["runs"] == ["fim-seed0", "fim-seed1", "uniform-seed0", "uniform-seed1"]
     with pytest.raises(ConfigError, match="the demo races a sampler that keeps factors"):
         demo(config.with_sampler("uniform"))
+
+
+def test_a_race_names_each_samplers_batching_and_shows_what_it_paid(tmp_path, ts_file):
+    """--samplers uniform,uniform@bucket: the length lever against random batches, in one race."""
+    out = tmp_path / "buckets"
+    args = ["compare", "--data", f"ts:{ts_file}", "--samplers", "uniform@bucket", "--seeds", "1"]
+    args += ["--steps", "20", "--batch-size", "4", "--bucket-pool", "3", "--eval-every", "10"]
+    assert main([*args, "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samplers"] == ["uniform", "uniform@bucket"]
+    runs = {r["sampler"]: r for r in summary["runs"]}
+    assert runs["uniform@bucket"]["padded_over_real"] < runs["uniform"]["padded_over_real"]

@@ -135,3 +135,26 @@ def test_a_users_own_scheduler_with_importance_loader():
         expected.step()
         lrs.append(reference.param_groups[0]["lr"])
     assert seen == lrs and loader.active  # the loader leaves the user's learning rate alone
+
+
+def test_uniform_replays_the_learning_rate_a_scaled_sampler_had(tmp_path):
+    """The schedule-shape control: uniform draws at exactly the rate fim's --lr-scale gave it."""
+    common = [*TINY, "--steps", "200", "--eval-every", "10", "--schedule", "cosine", "--lr", "0.01"]
+    fim = tmp_path / "fim"
+    args = ["--sampler", "fim", "--always-on", "--lr-scale", "linear"]
+    assert main(["train", *common, *args, "--out", str(fim)]) == 0
+    replay = tmp_path / "replay"
+    replaying = ["--sampler", "uniform", "--lr-replay", str(fim)]
+    assert main(["train", *common, *replaying, "--out", str(replay)]) == 0
+    scaled, replayed = _lrs(fim), _lrs(replay)
+    plain = _lrs_of_plain(tmp_path, common)
+    assert scaled == pytest.approx(replayed, rel=1e-9)
+    assert max(a / b for a, b in zip(scaled, plain, strict=True)) > 1.05  # the multiplier was at work
+    summary = json.loads((replay / "summary.json").read_text())
+    assert summary["is_active_share"] == 0.0
+
+
+def _lrs_of_plain(tmp_path, common):
+    plain = tmp_path / "plain"
+    assert main(["train", *common, "--sampler", "uniform", "--out", str(plain)]) == 0
+    return _lrs(plain)

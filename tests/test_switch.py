@@ -424,3 +424,66 @@ def test_unresolved_auto_scales_nothing_as_none_does():
         switch.update_lr_multiplier(4.0, active=True)
     assert auto.lr_multiplier == none.lr_multiplier == 1.0
     assert auto.predicted_step_gain(2.0, 200.0) == none.predicted_step_gain(2.0, 200.0)
+
+
+# -- sweeps: the whole store fresh while importance sampling can pay ------------------------------------
+def _sweeping(n=6000, b=64, steps=400, drift=0.0, **mining):
+    """Train-like draws over factors that drift by ``drift`` a step (log-normal), at B = 300."""
+    rng = np.random.default_rng(4)
+    base = rng.lognormal(0.0, 1.0, n)
+    state = {"step": 0}
+
+    def score(index):
+        noise = np.exp(drift * state["step"] * rng.standard_normal(len(index)))
+        return torch.from_numpy(base[index.numpy()] * noise)
+
+    sampler = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=0)
+    config = MiningConfig(sweep=True, sweep_batch=2000, **mining)
+    miner = Miner(sampler, config, score_fn=score, plan=Plan(n, b, steps=3000))
+    batch_sq = float(np.mean(base**2)) / 301.0 * (1 + 300 / b)
+    coverage = []
+    for step in range(steps):
+        state["step"] = step
+        index, weights = sampler.draw()
+        miner.harvest(index, score(index), step, weights, batch_sq)
+        miner.after_step(step)
+        coverage.append(sampler.coverage)
+    return miner, sampler, coverage
+
+
+def test_a_sweep_scores_the_whole_store_once_fresh_factors_promise_a_cut_that_pays():
+    miner, sampler, coverage = _sweeping(switch_sample=64, switch_every=1)
+    first = miner.sweeps.history[0]
+    assert coverage[first["step"] - 1] == 1.0 > coverage[first["step"] - 2]  # all scored at a decision
+    assert sampler.active and miner.switch.history[-1].predicted > 1.5  # the covered store's cut
+    assert miner.switch.cost == pytest.approx(miner._base_cost + miner.sweeps.share())
+    assert miner.summary()["sweeps"][0]["correlation"] is None  # nothing to compare at the first
+    copy = Miner(ImportanceSampler(range(6000), batch_size=64, smoothing=0.2, seed=0), miner.config,
+                 score_fn=lambda i: torch.ones(len(i)), plan=Plan(6000, 64, steps=3000))  # fmt: skip
+    copy.load_state_dict(miner.state_dict())
+    assert copy.sweeps.state_dict() == miner.sweeps.state_dict() and copy.switch.cost == miner.switch.cost
+
+
+def test_the_sweep_cadence_follows_how_fast_factors_decorrelate():
+    steady, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1)
+    drifting, _, _ = _sweeping(steps=700, drift=0.004, switch_sample=64, switch_every=1)
+    steady_corr = [h["correlation"] for h in steady.sweeps.history if h["correlation"] is not None]
+    drift_corr = [h["correlation"] for h in drifting.sweeps.history if h["correlation"] is not None]
+    assert steady_corr and drift_corr and min(steady_corr) > 0.95 > 0.85 > max(drift_corr)
+    assert drifting.sweeps.every < steady.sweeps.every  # aging factors: sweeps come sooner
+
+
+def test_no_sweep_where_fresh_factors_cannot_pay_or_no_store_is_drawn_from():
+    rng = np.random.default_rng(0)
+    flat = torch.from_numpy(1.0 + 0.01 * rng.random(2000))  # factors alike: no cut to buy
+    sampler = ImportanceSampler(range(2000), batch_size=32, seed=0)
+    miner = Miner(sampler, MiningConfig(sweep=True, switch_every=1), score_fn=lambda i: flat[i])
+    for step in range(300):
+        index, weights = sampler.draw()
+        miner.harvest(index, flat[index], step, weights, 0.01)
+        miner.after_step(step)
+    assert miner.sweeps.last is None and sampler.coverage < 1
+    with pytest.raises(ConfigError, match="MiningConfig.sweep scores a store of factors; prune draws"):
+        MiningConfig(sampler="prune", sweep=True)
+    with pytest.raises(ConfigError, match="MiningConfig.sweep scores every sequence: it needs a scorer"):
+        sampling_for(MiningConfig(sweep=True), torch.arange(100), 10)

@@ -52,6 +52,8 @@ RECORD_KEYS = (
     "init_params_sha256",
     "params_sha256",
     "steps_per_s",
+    "padded_over_real",
+    "sequences_per_s",
 )
 
 

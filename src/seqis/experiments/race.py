@@ -29,6 +29,9 @@ from seqis.training.trainer import TrainConfig, train
 
 RACE = ("compare",)
 LearningRates = list[float] | dict[str, float]
+# ``replay:NAME`` in --samplers: uniform draws at the learning rate NAME's run of the same seed,
+# rate and budget had (its --lr-scale multiplier): the schedule-shape control.
+REPLAY = "replay:"
 
 
 @dataclass
@@ -46,8 +49,8 @@ class RaceConfig:
 
     samplers: list[str] | str = option(
         "uniform,fim",
-        "comma-separated sampler names: schemes, shorthands or scheme:factor (see train --help); "
-        "uniform, the baseline, is added when missing",
+        "comma-separated sampler names: schemes, shorthands or scheme:factor (see train --help), or "
+        "replay:NAME (uniform at NAME's recorded --lr-scale multiplier); uniform is added when missing",
         commands=RACE,
         reader=str,
     )
@@ -82,6 +85,12 @@ class RaceConfig:
         check(bool(self.samplers), f"{name(self, 'samplers')} names no sampler")
         if "uniform" not in self.samplers:
             self.samplers = ["uniform", *self.samplers]
+        for sampler in self.samplers:
+            source = sampler[len(REPLAY) :] if sampler.startswith(REPLAY) else None
+            check(
+                source is None or source in self.samplers,
+                f"{name(self, 'samplers')}: {sampler} replays {source}'s learning rate: race {source} too",
+            )
         at_least(self, "seeds")
         if isinstance(self.lrs, str):
             self.lrs = _learning_rates(self, self.lrs)
@@ -168,12 +177,30 @@ def run_order(
     runs = []
     for seed in range(seeds):
         rotated = samplers[seed % len(samplers) :] + samplers[: seed % len(samplers)]
+        replays = [s for s in rotated if s.startswith(REPLAY)]  # each follows the run it replays
+        rotated = [s for s in rotated if s not in replays] + replays
         for budget in budgets or [None]:
             if isinstance(lrs, dict):
                 runs += [(seed, lrs[s], s, budget) for s in rotated]
             else:
                 runs += [(seed, lr, s, budget) for lr in lrs for s in rotated]
     return runs
+
+
+def run_config(
+    base: TrainConfig, sampler: str, seed: int, lr: float, budget: float | None, out: Path, lrs: LearningRates
+) -> TrainConfig:
+    """One run of a race: ``base`` with ``sampler`` (a ``replay:NAME`` replays the learning rate of
+    NAME's run of the same seed, rate and budget), seeded, at ``lr``, in its folder under ``out``."""
+    config = base.with_sampler("uniform" if sampler.startswith(REPLAY) else sampler)
+    if sampler.startswith(REPLAY):
+        source = sampler[len(REPLAY) :]
+        source_lr = lrs[source] if isinstance(lrs, dict) else lr
+        replayed = out / "runs" / run_name(source, source_lr, seed, budget)
+        config = replace(config, label=sampler, lr_replay=str(replayed))
+    run_out = out / "runs" / run_name(sampler, lr, seed, budget)
+    config = replace(config, seed=seed, lr=lr, out=str(run_out), progress=False)
+    return config if budget is None else replace(config, budget=budget)
 
 
 def compare(base: TrainConfig, race: RaceConfig, command: str = "") -> dict:
@@ -187,9 +214,9 @@ def compare(base: TrainConfig, race: RaceConfig, command: str = "") -> dict:
     samplers, seeds, budgets = race.samplers, race.seeds, race.budgets
     lrs = race.lrs or [base.lr]
     base.validate()
-    for s in samplers:
-        base.with_sampler(s).validate()  # every sampler's mistakes before the first run
     out = Path(base.out)
+    for s in samplers:
+        run_config(base, s, 0, base.lr, None, out, lrs).validate()  # every sampler's mistakes first
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(base.data, base.data_options)
     runs = run_order(samplers, seeds, lrs, budgets)
@@ -199,7 +226,7 @@ def compare(base: TrainConfig, race: RaceConfig, command: str = "") -> dict:
         "data": base.data,
         "model": base.model.cell,
         "samplers": samplers,
-        "labels": [base.with_sampler(s).sampler_label for s in samplers],  # what the runs are named
+        "labels": [run_config(base, s, 0, base.lr, None, out, lrs).sampler_label for s in samplers],
         "seeds": seeds,
         "lrs": lrs,
         "time_budget": base.time_budget,
@@ -215,10 +242,7 @@ def compare(base: TrainConfig, race: RaceConfig, command: str = "") -> dict:
     bar = tqdm(runs, desc="race", unit="run", disable=not base.progress)
     for i, (seed, lr, sampler, budget) in enumerate(bar):
         bar.set_postfix_str(f"{sampler} lr {lr:g} seed {seed}" + (f" budget {budget:g}" if budget else ""))
-        run_out = out / "runs" / run_name(sampler, lr, seed, budget)
-        config = replace(base.with_sampler(sampler), seed=seed, lr=lr, out=str(run_out), progress=False)
-        if budget is not None:
-            config = replace(config, budget=budget)
+        config = run_config(base, sampler, seed, lr, budget, out, lrs)
         if train(config, data=data)["stopped_by"] == "signal":
             # The run saved its checkpoint and stopped; the signal was meant for the whole race.
             bar.close()

@@ -59,3 +59,31 @@ class LrMultiplier:
 
     def reset(self) -> None:
         self.value = 1.0
+
+
+class LrReplay:
+    """Another run's ``--lr-scale`` multiplier, step by step, replayed from its switch decisions:
+    the schedule-shape control (the same learning rate as the sampler had, no importance draws).
+
+    ``decisions`` are the run's noise records (``step`` = steps done, ``active``, ``variance_cut``)
+    in order; the multiplier is 1 from ``uniform_from`` on (an anneal tail, a tripped watch).
+    """
+
+    def __init__(self, rule: str, bound: float, decisions: list[dict], uniform_from: int | None = None):
+        multiplier = LrMultiplier(rule, bound)
+        self.changes: list[tuple[int, float]] = []  # (first step trained at it, multiplier)
+        for record in decisions:
+            multiplier.update(record["variance_cut"], bool(record["active"]))
+            self.changes.append((int(record["step"]), multiplier.value))
+        self.uniform_from = uniform_from
+
+    def at(self, step: int) -> float:
+        """The multiplier of training step ``step`` (0-based): the last decision made before it."""
+        if self.uniform_from is not None and step >= self.uniform_from:
+            return 1.0
+        value = 1.0
+        for first, multiplier in self.changes:
+            if first > step:
+                break
+            value = multiplier
+        return value

@@ -35,12 +35,15 @@ from seqis.distributed import DistContext
 from seqis.importance.config import MiningConfig
 from seqis.importance.factors import FACTORS, PendingFactors
 from seqis.importance.noise import NoiseScale
+from seqis.importance.sweep import StoreSweeps
 from seqis.importance.switch import (
     HarvestSample,
     Judgement,
     NoiseRecord,
     StoreState,
     as_records,
+    estimated_gain,
+    store_gain,
     weighted_ceiling,
 )
 from seqis.plan import Plan
@@ -190,6 +193,11 @@ class Miner:
         self.steps = 0
         refreshes = score_fn is not None and config.refresh_share > 0
         self.switch = config.scheme.make_switch(config, sampler.batch_size, refreshes)
+        self._base_cost = self.switch.cost
+        self.sweeps = None  # --sweep: the whole store scored fresh while importance sampling pays
+        if config.sweep and score_fn is not None and sampler.draws_from_store:
+            n, b = len(sampler.indices), sampler.batch_size
+            self.sweeps = StoreSweeps(n, b, config.sweep_cost, config.check_every)
         # B is defined for factors that are gradient norms of what the batch gradient reads.
         noisy = sampler.importance_weights and FACTORS[config.factor].gradient_of is not None
         self.noise = NoiseScale(grad_batch_size or sampler.batch_size) if noisy else None
@@ -392,6 +400,7 @@ class Miner:
         self._exchange_validations()
         start = time.perf_counter()
         noise_scale = self.noise.noise_scale if self.noise is not None else None
+        self._maybe_sweep(step, noise_scale)
         sample, store = self._harvest_sample(), self._store_state(step)
         self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
         if self.switch.pool_ratio is not None:  # presampling: the pool the switch sized for the next period
@@ -479,6 +488,32 @@ class Miner:
         steps, s, w, c = np.concatenate(list(self._recent), axis=1)
         return HarvestSample(steps, s, w, c if self.config.cost_aware else None)
 
+    def _maybe_sweep(self, step: int, noise_scale: float | None) -> None:
+        """Sweep the store when fresh factors first promise a cut that pays for it (judged as the
+        switch judges, the sweeps' share of step time added to mining's cost), and again when the
+        factors have aged by the measured cadence while importance sampling is on."""
+        sweeps = self.sweeps
+        if sweeps is None:
+            return
+        if sweeps.last is None:
+            sample = self._harvest_sample()
+            fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
+            cost = self._base_cost + sweeps.share()
+            if not self.switch.pays(store_gain(fresh, 1.0, self.switch.quality), noise_scale, cost):
+                return
+        elif not (self.sampler.active and sweeps.due(step + 1)):
+            return
+        self.sweep(step)
+
+    def sweep(self, step: int) -> None:
+        """Score every sequence fresh, ``sweep_batch`` at a time, in length order; learn the cadence."""
+        before = np.array(self.sampler.factors, dtype=np.float64)
+        n, batch = len(self._sweep), self.config.sweep_batch
+        for start in range(0, n, batch):
+            self.refresh(min(batch, n - start), step)
+        self.sweeps.learn(before, np.asarray(self.sampler.factors, dtype=np.float64), step + 1)
+        self.switch.cost = self._base_cost + self.sweeps.share()
+
     def refresh(self, count: int, step: int) -> None:
         """Re-score the next ``count`` sequences of the sweep in one forward-only pass."""
         n = len(self._sweep)
@@ -525,6 +560,7 @@ class Miner:
             **self.noise_figures(),
             "repaired_factors": self.sampler.repaired,
             "validation_watch": self.switch.watch.state_dict(),
+            "sweeps": self.sweeps.history if self.sweeps is not None else None,
             "gain_history": as_records(history),
             "noise_history": as_records(self.noise_history),
         }
@@ -552,6 +588,7 @@ class Miner:
             "noise_history": as_records(self.noise_history),
             "pending": [harvest.state_dict() for harvest in self._pending],
             "validations": list(self._validations),
+            "sweeps": self.sweeps.state_dict() if self.sweeps is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -570,6 +607,9 @@ class Miner:
         self.noise_history = [NoiseRecord(**row) for row in state["noise_history"]]
         self._pending = [PendingHarvest(**row) for row in state.get("pending", [])]
         self._validations = [tuple(row) for row in state.get("validations", [])]
+        if self.sweeps is not None and state.get("sweeps"):
+            self.sweeps.load_state_dict(state["sweeps"])
+            self.switch.cost = self._base_cost + self.sweeps.share()
 
 
 def _mean_per_step(rows: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:

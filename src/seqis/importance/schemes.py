@@ -152,6 +152,10 @@ def _refuse_refresh(config: MiningConfig, scheme: str) -> None:
     )
 
 
+def _refuse_sweep(config: MiningConfig, scheme: str) -> None:
+    check(not config.sweep, f"{name(config, 'sweep')} scores a store of factors; {scheme} draws from none")
+
+
 def _refuse_cost_aware(config: MiningConfig, scheme: str) -> None:
     check(not config.cost_aware, f"{name(config, 'cost_aware')} shapes importance draws; {scheme} has none")
 
@@ -208,8 +212,8 @@ class Presample(Scheme):
     switched = True
 
     def check(self, config: MiningConfig) -> None:
-        _refuse_refresh(config, self.name)
-        _refuse_cost_aware(config, self.name)
+        for refuse in (_refuse_refresh, _refuse_sweep, _refuse_cost_aware):
+            refuse(config, self.name)
 
     def check_wiring(self, config, score_fn, plan) -> None:
         check(score_fn is not None, "presampling scores candidates: it needs a forward-only score_fn")
@@ -232,7 +236,7 @@ class Prune(Scheme):
     bare_factor = "fim"
 
     def check(self, config: MiningConfig) -> None:
-        for refuse in (_refuse_refresh, _refuse_cost_aware, _refuse_anneal):
+        for refuse in (_refuse_refresh, _refuse_sweep, _refuse_cost_aware, _refuse_anneal):
             refuse(config, self.name)
         harvested = [f.name for f in FACTORS.values() if not f.own_pass]
         check(
@@ -267,7 +271,7 @@ class Subset(Scheme):
     mined, uses_factor = False, False
 
     def check(self, config: MiningConfig) -> None:
-        for refuse in (_refuse_refresh, _refuse_cost_aware, _refuse_anneal):
+        for refuse in (_refuse_refresh, _refuse_sweep, _refuse_cost_aware, _refuse_anneal):
             refuse(config, self.name)
 
     def check_wiring(self, config, score_fn, plan) -> None:

@@ -70,6 +70,13 @@ class TrainConfig:
         0.0, "learning-rate warm-up: a share of the plan (< 1) or a number of steps (>= 1)"
     )
     lr_floor: float = option(0.0, "final learning rate as a share of the peak (linear, cosine, onecycle)")
+    lr_replay: str | None = option(
+        None,
+        "a finished run's folder: train with the --lr-scale multiplier its switch set, decision by "
+        "decision (the schedule-shape control: the sampler's learning rate without its draws)",
+        commands=SINGLE_RUN,
+    )
+    label: str | None = option(None, "the run's name in a race, when not its sampler's", cli=False)
     weight_decay: float = option(0.0, "weight decay (decoupled with adamw)")
     clip: float = option(1.0, "gradient-norm clipping threshold; 0 switches clipping off")
     eval_every: int = option(50, "steps between validations", resume=MAY_CHANGE)
@@ -167,19 +174,27 @@ class TrainConfig:
         return self.budget * self.epochs if self.epochs is not None else None
 
     def with_sampler(self, name: str) -> TrainConfig:
-        """This configuration with sampler ``name`` (a scheme, a shorthand, or ``scheme:factor``).
+        """This configuration with sampler ``name``: a scheme, a shorthand or ``scheme:factor``, with
+        an optional ``@random`` or ``@bucket`` for its batching, ``+cost`` for cost-aware draws
+        (``fim@bucket+cost``; the run is then named ``name``).
 
         A plain scheme keeps this configuration's ``--factor``; a shorthand or ``scheme:factor``
         names its own.
         """
-        scheme, _, factor = name.partition(":")
+        sampler, _, how = name.partition("@")
+        batching, _, extra = how.partition("+")
+        check(extra in ("", "cost"), f"unknown sampler option +{extra} in {name!r}: +cost is the one")
+        scheme, _, factor = sampler.partition(":")
         if not factor and scheme in SCHEMES:
             factor = self.mining.factor
-        return replace(self, mining=replace(self.mining, sampler=scheme, factor=factor or None))
+        mining = replace(self.mining, sampler=scheme, factor=factor or None)
+        if batching:
+            mining = replace(mining, batching=batching, cost_aware=extra == "cost" or self.mining.cost_aware)
+        return replace(self, mining=mining, label=name if batching else self.label)
 
     @property
     def sampler_label(self) -> str:
-        return self.mining.label
+        return self.label or self.mining.label
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))

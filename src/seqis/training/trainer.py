@@ -12,6 +12,7 @@ the miner, the metrics and :class:`~seqis.training.state.RunState`; a checkpoint
 from __future__ import annotations
 
 import gc
+import json
 import math
 import re
 import signal
@@ -30,6 +31,7 @@ from seqis.data.registry import load_data
 from seqis.distributed import DistContext
 from seqis.errors import CheckpointError, ConfigError, SeqisError
 from seqis.importance.factors import FACTORS, OUTPUT_LAYER, WHOLE_MODEL, PendingFactors
+from seqis.importance.lr_scale import LrReplay
 from seqis.models.rnn import ModelOutput, RecurrentModel
 from seqis.options import PLAN
 from seqis.options import name as option_name
@@ -228,6 +230,22 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         ctx.close()
 
 
+def replayed_multiplier(run_dir: Path) -> LrReplay:
+    """The --lr-scale multiplier of the finished run in ``run_dir``, replayed from its decisions."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        flag = option_name(TrainConfig, "lr_replay")
+        raise ConfigError(f"{flag} {run_dir}: no finished run there (its summary.json)") from None
+    source = TrainConfig.from_dict(summary["config"])
+    tail = source.plan(summary["data_stats"]["train"], summary["world_size"]).tail_start(source.mining.anneal)
+    tripped = (summary.get("validation_watch") or {}).get("tripped_at")
+    ends = [end for end in (tail, tripped) if end is not None]
+    mining = source.mining
+    decisions = summary.get("noise_history", [])
+    return LrReplay(mining.lr_scale, mining.lr_scale_max, decisions, min(ends) if ends else None)
+
+
 class Run:
     """One training run: its parts, built and seeded from the configuration, and its loop."""
 
@@ -243,6 +261,7 @@ class Run:
         self.train_eval_idx = train_eval_subset(self.data, config.train_eval_size)
         self.plan: Plan = config.plan(len(self.data.train_idx), ctx.world)
         self.schedule = Schedule.over(self.plan, config.schedule, config.warmup, config.lr_floor)
+        self.lr_replay = replayed_multiplier(Path(config.lr_replay)) if config.lr_replay else None
         self.metrics_rows: list[dict] = []
         self.resumed = False
         self.stop: _StopSignal | None = None
@@ -402,8 +421,11 @@ class Run:
         return self.plan.progress(self.state.step, self.sampler.epochs_done)
 
     def learning_rate(self) -> float:
-        """The learning rate of the next step: the schedule's share of the peak, times --lr-scale's."""
+        """The learning rate of the next step: the schedule's share of the peak, times --lr-scale's
+        (or the multiplier of the run --lr-replay names)."""
         multiplier = self.miner.lr_multiplier if self.miner is not None else 1.0  # 1 unless --lr-scale
+        if self.lr_replay is not None:
+            multiplier = self.lr_replay.at(self.state.step)
         return self.config.lr * self.schedule.factor(self.planned_fraction()) * multiplier
 
     def train_step(self) -> None:

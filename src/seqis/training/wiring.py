@@ -56,7 +56,7 @@ def sampling_for(
     )
     plan = plan or Plan(len(indices), batch_size)
     scheme = config.scheme
-    _check(config, lengths, plan)
+    _check(config, score_fn, lengths, plan)
     scheme.check_wiring(config, score_fn, plan)
     sampler = scheme.build_sampler(config, indices, batch_size, seed, plan, lengths)
     if config.batching == "bucket":
@@ -68,7 +68,7 @@ def sampling_for(
     return sampler, miner
 
 
-def _check(config: MiningConfig, lengths: Tensor | None, plan: Plan) -> None:
+def _check(config: MiningConfig, score_fn: Callable | None, lengths: Tensor | None, plan: Plan) -> None:
     """Settings this caller cannot honour are refused, never silently ignored."""
     if config.anneal > 0:
         check(
@@ -79,3 +79,5 @@ def _check(config: MiningConfig, lengths: Tensor | None, plan: Plan) -> None:
         check(lengths is not None, f"{name(config, 'cost_aware')} needs the sequences' lengths (its costs)")
     if config.batching == "bucket":
         check(lengths is not None, f"{name(config, 'batching')} bucket needs the sequences' lengths")
+    if config.sweep and config.scheme.keeps_store:
+        check(score_fn is not None, f"{name(config, 'sweep')} scores every sequence: it needs a scorer")
