@@ -71,9 +71,13 @@ def measure(run: Run, step: int, sample: torch.Tensor, alpha: float) -> dict:
     model.eval()
     start = time.perf_counter()
     with torch.no_grad():
-        fresh = torch.cat(
-            [FACTORS["fim"].score(model, data.batch(chunk)) for chunk in data.train_idx.split(1024)]
-        ).double().numpy()
+        fresh = (
+            torch.cat(
+                [FACTORS["fim"].score(model, data.batch(chunk)) for chunk in data.train_idx.split(1024)]
+            )
+            .double()
+            .numpy()
+        )
     grads = per_sequence_gradients(model, data, sample)
     model.train()
     n = len(data.train_idx)

@@ -252,6 +252,7 @@ def run(name: str) -> float:
 
 def code_commit() -> str:
     """The commit the race's code is at; ``+changes`` when src/ differs from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 

@@ -160,7 +160,10 @@ def test_per_sampler_learning_rates_with_budgets_write_the_whole_report(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_lr"] == {"uniform": 0.01, "fim": 0.005} and "budget_protocol" in summary
     assert sorted((r["sampler"], r["budget"], r["steps"]) for r in summary["runs"]) == [
-        ("fim", 0.5, 10), ("fim", 1.0, 20), ("uniform", 0.5, 10), ("uniform", 1.0, 20)
+        ("fim", 0.5, 10),
+        ("fim", 1.0, 20),
+        ("uniform", 0.5, 10),
+        ("uniform", 1.0, 20),
     ]
     assert main([*args, *extra[:2], "--budgets", "0.8,0.5", "--out", str(out), *TINY]) == 2  # no reference
 
@@ -350,8 +353,14 @@ def test_a_races_factor_names_its_runs(tmp_path):
 def test_scheduled_prediction_replays_the_recorded_decisions_under_the_runs_schedule():
     def summary(schedule: str, active: bool, lr_scale: str = "none") -> dict:
         history = [
-            {"step": s, "active": active, "noise_scale": 500.0, "variance_cut": 2.0,
-             "predicted_step_gain": 1.5, "predicted_step_gain_lr_retuned": 2.0}
+            {
+                "step": s,
+                "active": active,
+                "noise_scale": 500.0,
+                "variance_cut": 2.0,
+                "predicted_step_gain": 1.5,
+                "predicted_step_gain_lr_retuned": 2.0,
+            }
             for s in range(0, 1000, 50)
         ]
         mining = MiningConfig(lr_scale=lr_scale)
@@ -445,6 +454,29 @@ def test_the_demo_races_the_default_against_uniform_and_draws_one_picture(tmp_pa
     assert result["runs"] == ["fim-seed0", "fim-seed1", "uniform-seed0", "uniform-seed1"]
     with pytest.raises(ConfigError, match="the demo races a sampler that keeps factors"):
         demo(config.with_sampler("uniform"))
+
+
+def test_the_demo_verdict_times_uniform_to_its_own_first_arrival_and_spans_cover_always_on_runs():
+    """Review: dividing by uniform's whole run credited the sampler with uniform's wobbles, and
+    --always-on runs (no switch decisions) drew no importance-sampling spans at all."""
+    from seqis.experiments.demo import demo_verdict, on_spans
+    from seqis.importance.config import MiningConfig
+
+    def rows(points, active=0):
+        return [
+            {"step": 10 * i, "wall_time_s": t, "val_loss": v, "is_active": active}
+            for i, (t, v) in enumerate(points)
+        ]
+
+    uniform = [{"summary": {"final_val_loss": 0.5}, "rows": rows([(0, 2.0), (5, 0.5), (8, 0.55), (10, 0.5)])}]
+    fim = [{"summary": {"final_val_loss": 0.45, "is_active_share": 1.0},
+            "rows": rows([(0, 2.0), (2.5, 0.49), (10, 0.45)])}]  # fmt: skip
+    assert "2.00x sooner" in demo_verdict(uniform, fim, "fim")
+    config = TrainConfig(
+        data="digits:rows", steps=20, mining=MiningConfig(sampler="importance", always_on=True)
+    )
+    summary = {"config": config.to_dict(), "data_stats": {"train": 100}, "steps": 20}
+    assert on_spans(summary, rows([(0, 2.0), (1, 1.0), (2, 0.5)], active=1)) == [(0, 2)]
 
 
 def test_a_race_names_each_samplers_batching_and_shows_what_it_paid(tmp_path, ts_file):

@@ -132,6 +132,7 @@ def test_the_refresh_scorer_counts_every_call_of_a_step_by_step_head(chunk):
     torch.manual_seed(0)
     model = StepDecoder(chunk=chunk).double()
     x, y, mask = _lm_batch()
+
     def per_sequence(m, i):
         return lm_sequence_mean_smoothed(m(x[i]), y[i], mask[i])
 

@@ -267,3 +267,32 @@ def test_an_importance_loader_handed_to_fit_is_driven_by_the_callback(example, t
     trainer = _quiet_trainer(tmp_path, 12, [importance])
     trainer.fit(module, train_dataloaders=seqis.ImportanceLoader(loader, module.head, config))
     assert importance.loader.steps == 12 and importance.loader.active
+
+
+def test_the_callback_buckets_by_the_lengths_it_is_given(example, tmp_path):
+    import seqis
+
+    data = seqis.load_data("ucr:JapaneseVowels")
+    train = data.train_idx.tolist()
+
+    class WithLoader(example["VowelClassifier"]):
+        def train_dataloader(self):
+            dataset = example["Recordings"](data, train)
+            return torch.utils.data.DataLoader(
+                dataset, batch_size=16, shuffle=True, collate_fn=example["pad_collate"]
+            )
+
+    spreads = []
+
+    class Spread(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            spreads.append(int(batch[1].max() - batch[1].min()))
+
+    config = seqis.MiningConfig(batching="bucket", bucket_pool=8)
+    importance = ImportanceSampling("head", config, lengths=torch.as_tensor(data.lengths)[train])
+    trainer = _quiet_trainer(tmp_path, 40, [importance, Spread()])
+    trainer.fit(WithLoader(data.input_size, data.num_outputs))
+    assert importance.loader.steps == 40
+    random_spread = int(data.lengths[train].max() - data.lengths[train].min())
+    # sorted pools: a batch is a narrow band of lengths (an epoch's short batch is a random one)
+    assert sorted(spreads)[len(spreads) // 2] < random_spread / 4

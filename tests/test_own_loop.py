@@ -241,3 +241,35 @@ def test_loader_runs_every_scheme():
             loader.step()
         assert loader.steps == 12
         assert loader.active == (name != "uniform"), name
+
+
+def test_the_loader_buckets_by_length_and_sweeps_through_the_users_scorer():
+    """Issue 27: --batching bucket and sweeps in the user's own loop, through the same wiring."""
+    items = variable_length_items()
+    lengths = torch.tensor([len(x) for x, _ in items])
+    model = LastStep()
+    config = seqis.MiningConfig(batching="bucket", bucket_pool=4, sweep=True, sweep_batch=16, always_on=True)
+    loader = seqis.ImportanceLoader(
+        DataLoader(items, batch_size=8, shuffle=True, collate_fn=pad_collate),
+        model.head,
+        config,
+        loss_fn=per_sequence_loss,
+        model=model,
+        lengths=lengths,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    spreads = []
+    for x, batch_lengths, y in loader:
+        spreads.append(int(batch_lengths.max() - batch_lengths.min()))
+        optimizer.zero_grad()
+        loader.weigh(per_sequence_loss(model, (x, batch_lengths, y))).backward()
+        optimizer.step()
+        loader.step()
+    # pools of 4 batches sorted by length: ~4.6 sequences a length, so a batch spans <= 3 lengths
+    assert max(spreads) <= 2 and len(spreads) == 8
+    loader.miner.sweep(loader.steps)  # what the switch orders once fresh factors pay
+    assert loader.sampler.coverage == 1.0 and (loader.sampler.scored_step == loader.steps).all()
+    with pytest.raises(seqis.errors.ConfigError, match="bucket needs the sequences' lengths"):
+        seqis.ImportanceLoader(
+            DataLoader(items, batch_size=8, shuffle=True, collate_fn=pad_collate), model.head, config
+        )

@@ -178,6 +178,7 @@ def test_lr_multiplier_follows_the_rule_bounded_and_smoothed():
     sampler = ImportanceSampler(data.train_idx, batch_size=64, smoothing=0.2, seed=0)
     config = MiningConfig(factor="loss", lr_scale="sqrt", lr_scale_max=1.5, refresh_fraction=0.0)
     miner = Miner(sampler, config)
+
     def predicted(lr_retuned: bool = False) -> float:
         return 3.0 if lr_retuned else 2.0
 

@@ -461,16 +461,21 @@ def test_a_sweep_scores_the_whole_store_once_fresh_factors_promise_a_cut_that_pa
     copy = Miner(ImportanceSampler(range(6000), batch_size=64, smoothing=0.2, seed=0), miner.config,
                  score_fn=lambda i: torch.ones(len(i)), plan=Plan(6000, 64, steps=3000))  # fmt: skip
     copy.load_state_dict(miner.state_dict())
-    assert copy.sweeps.state_dict() == miner.sweeps.state_dict() and copy.switch.cost == miner.switch.cost
+    restored, saved = copy.sweeps.state_dict(), miner.sweeps.state_dict()
+    assert np.array_equal(restored.pop("swept"), saved.pop("swept")) and restored == saved
+    assert copy.switch.cost == miner.switch.cost
 
 
 def test_the_sweep_cadence_follows_how_fast_factors_decorrelate():
-    steady, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1)
-    drifting, _, _ = _sweeping(steps=700, drift=0.004, switch_sample=64, switch_every=1)
+    # cheap sweeps, so that a re-sweep pays: the cadence is then the only thing that differs
+    steady, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1, sweep_cost=0.05)
+    drifting, _, _ = _sweeping(steps=700, drift=0.004, switch_sample=64, switch_every=1, sweep_cost=0.05)
     steady_corr = [h["correlation"] for h in steady.sweeps.history if h["correlation"] is not None]
     drift_corr = [h["correlation"] for h in drifting.sweeps.history if h["correlation"] is not None]
     assert steady_corr and drift_corr and min(steady_corr) > 0.95 > 0.85 > max(drift_corr)
     assert drifting.sweeps.every < steady.sweeps.every  # aging factors: sweeps come sooner
+    costly, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1, sweep_cost=0.3)
+    assert len(costly.sweeps.history) == 1  # a re-sweep must pay for itself too: at 0.3, B ~ 80, it does not
 
 
 def test_no_sweep_where_fresh_factors_cannot_pay_or_no_store_is_drawn_from():

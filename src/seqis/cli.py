@@ -322,8 +322,10 @@ def _cmd_compare(args) -> int:
     config = train_config(args)
     result = compare(config, race, args.command_line)
     print(result["headline"])
-    first = "budget.png" if "budget_protocol" in result else "step_speedups.png"
-    print(f"report: {Path(config.out) / 'report.md'}, first picture: {Path(config.out) / first}")
+    pictures = ("budget.png", "step_speedups.png", "val_loss_vs_time.png")
+    first = next((p for p in pictures if (Path(config.out) / p).exists()), None)
+    picture = f", first picture: {Path(config.out) / first}" if first else ""
+    print(f"report: {Path(config.out) / 'report.md'}{picture}")
     return 0
 
 

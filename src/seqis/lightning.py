@@ -53,7 +53,10 @@ class ImportanceSampling(pl.Callback):
     Args:
         output_layer: the module's output ``nn.Linear``, or its name (``"head"``).
         config: mining settings; the defaults are the races'.
-        loss_fn: optional ``(module, batch) -> per-sequence losses`` for forward-only refresh.
+        loss_fn: optional ``(module, batch) -> per-sequence losses`` for forward-only refresh
+            (and ``MiningConfig.sweep``'s whole-store sweeps).
+        lengths: optional per-sequence lengths (dataset order): refresh batches pad little, and
+            ``MiningConfig.batching="bucket"`` and ``cost_aware`` need them.
         seed: seeds the draws.
         total_steps: the planned batches for ``anneal`` and ``prune_anneal`` (default: the
             trainer's ``max_steps`` times ``accumulate_grad_batches`` when it sets one).
@@ -75,8 +78,10 @@ class ImportanceSampling(pl.Callback):
         total_steps: int | None = None,
         monitor: str = "val_loss",
         train_monitor: str | None = None,
+        lengths: Tensor | None = None,
     ):
         self.output_layer, self.config, self.loss_fn, self.seed = output_layer, config, loss_fn, seed
+        self.lengths = lengths
         self.total_steps = total_steps
         self.monitor, self.train_monitor = monitor, train_monitor
         self.loader: ImportanceLoader | None = None
@@ -113,6 +118,7 @@ class ImportanceSampling(pl.Callback):
                     self.config,
                     loss_fn=self.loss_fn,
                     model=pl_module if self.loss_fn is not None else None,
+                    lengths=self.lengths,
                     seed=self.seed,
                     total_steps=self.total_steps or _planned_steps(trainer),
                 )

@@ -76,15 +76,15 @@ def demo(config: TrainConfig, seeds: int = 3) -> dict:
 
 
 def demo_verdict(uniform: list[dict], other: list[dict], sampler: str) -> str:
-    """What ``sampler`` bought against uniform's final validation loss, seed by seed, in one line."""
+    """What ``sampler`` bought against uniform's final validation loss, seed by seed, in one line:
+    each run's first wall-clock time at or below that loss, over uniform's own first time there."""
     sooner, finals = [], []
     for base, run in zip(uniform, other, strict=True):
-        target, total = base["summary"]["final_val_loss"], base["summary"]["wall_time_s"]
+        target = base["summary"]["final_val_loss"]
         finals.append((run["summary"]["final_val_loss"], target))
-        below = [r for r in run["rows"] if r["val_loss"] is not None and r["val_loss"] <= target]
-        reached = below[0] if below else None
-        if reached is not None and reached["wall_time_s"] > 0:
-            sooner.append(total / reached["wall_time_s"])
+        mine, theirs = first_time_at(run["rows"], target), first_time_at(base["rows"], target)
+        if mine and theirs:
+            sooner.append(theirs / mine)
     active = statistics.median(run["summary"]["is_active_share"] for run in other)
     ends = statistics.median(f for f, _ in finals), statistics.median(t for _, t in finals)
     text = f"{sampler} ends at val loss {ends[0]:.3f} against uniform's {ends[1]:.3f} (medians); "
@@ -94,6 +94,12 @@ def demo_verdict(uniform: list[dict], other: list[dict], sampler: str) -> str:
         f"it reached uniform's final loss in {len(sooner)} of {len(other)} seeds, "
         f"{statistics.median(sooner):.2f}x sooner in wall-clock there (importance sampling on {active:.0%})"
     )
+
+
+def first_time_at(rows: list[dict], target: float) -> float | None:
+    """The wall-clock time of the first validation row at or below ``target`` (None: never, or at 0)."""
+    below = [r for r in rows if r["val_loss"] is not None and r["val_loss"] <= target]
+    return below[0]["wall_time_s"] or None if below else None
 
 
 def on_spans(summary: dict, rows: list[dict]) -> list[tuple[float, float]]:
@@ -114,8 +120,12 @@ def on_spans(summary: dict, rows: list[dict]) -> list[tuple[float, float]]:
     tail = config.plan(summary["data_stats"]["train"]).tail_start(config.mining.anneal)
     tripped = summary.get("validation_watch", {}).get("tripped_at")
     ends = [end for end in (summary["steps"], tail, tripped) if end is not None]
+    if not config.mining.has_switch:  # always on: no decisions, so the logged rows tell
+        decisions = [{"step": r["step"], "active": bool(r["is_active"])} for r in rows]
+    else:
+        decisions = summary.get("gain_history", [])
     spans, start = [], None
-    for decision in summary.get("gain_history", []):
+    for decision in decisions:
         if decision["active"] and start is None:
             start = decision["step"]
         elif not decision["active"] and start is not None:

@@ -192,12 +192,15 @@ def run_config(
 ) -> TrainConfig:
     """One run of a race: ``base`` with ``sampler`` (a ``replay:NAME`` replays the learning rate of
     NAME's run of the same seed, rate and budget), seeded, at ``lr``, in its folder under ``out``."""
-    config = base.with_sampler("uniform" if sampler.startswith(REPLAY) else sampler)
-    if sampler.startswith(REPLAY):
+    if sampler.startswith(REPLAY):  # uniform, batched as the run it replays
         source = sampler[len(REPLAY) :]
+        batching = source.partition("@")[2].partition("+")[0]
+        config = base.with_sampler("uniform" + (f"@{batching}" if batching else ""))
         source_lr = lrs[source] if isinstance(lrs, dict) else lr
         replayed = out / "runs" / run_name(source, source_lr, seed, budget)
         config = replace(config, label=sampler, lr_replay=str(replayed))
+    else:
+        config = base.with_sampler(sampler)
     run_out = out / "runs" / run_name(sampler, lr, seed, budget)
     config = replace(config, seed=seed, lr=lr, out=str(run_out), progress=False)
     return config if budget is None else replace(config, budget=budget)

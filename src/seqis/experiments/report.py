@@ -22,6 +22,7 @@ from seqis.experiments.tables import (
     metric_section,
     run_row,
     saving_text,
+    step_speed,
     table,
     time_verdict,
 )
@@ -110,7 +111,10 @@ def _plot(result: dict, records: list[dict], out: Path) -> list[str]:
     samplers = [s for s in result["samplers"] if any(r["sampler"] == s for r in records)]
     if len(samplers) > 1:
         time, steps = result["speedup"]["val_loss"], result["step_speedup"]["val_loss"]
-        noise = {s: {t: time_verdict(stat, steps[s][t]) for t, stat in time[s].items()} for s in time}
+        noise = {
+            s: {t: time_verdict(stat, steps[s][t], step_speed(result, s)) for t, stat in time[s].items()}
+            for s in time
+        }
         plot_speedups(steps, {}, out / "step_speedups.png", title, "steps")
         plot_speedups(time, noise, out / "speedups.png", title, "time")
         images += ["![speedups in steps](step_speedups.png)", "![speedups in time](speedups.png)"]
@@ -129,7 +133,9 @@ def _plot(result: dict, records: list[dict], out: Path) -> list[str]:
 def plot_budget_protocol(result: dict, png: Path, title: str) -> Path:
     protocol = result["budget_protocol"]
     figures = protocol["figures"]
-    labels = {s: f"{s}: lossless {saving_text(f['lossless'])}" for s, f in figures.items()}
+    labels = {
+        s: f"{s}: lossless {saving_text(f['lossless'], step_speed(result, s))}" for s, f in figures.items()
+    }
     threshold = next(iter(figures.values()))["lossless"]["threshold"] if figures else float("nan")
     return plot_budgets(protocol["table"], labels, threshold, png, title)
 

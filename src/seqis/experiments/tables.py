@@ -148,8 +148,6 @@ TOLERANCE_RULE = (
 )
 
 
-
-
 def saving_cell(lossless: dict) -> str:
     """``1.32× (steps 1.30×, time 1.41×)``, ``≥ 2.00×`` as a bound, ``< 1 (+0.012)`` when never matched."""
     if lossless["kind"] == "both":
@@ -204,20 +202,41 @@ def budget_section(result: dict) -> str:
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     lines += ["", "| sampler | lossless saving | equivalent uniform budget |", "|---|---|---|"]
     for sampler, fig in figures.items():
-        lines.append(f"| {sampler} | {saving_text(fig['lossless'])} | {equivalent_cell(fig['equivalent'])} |")
+        saving = saving_text(fig["lossless"], step_speed(result, sampler))
+        lines.append(f"| {sampler} | {saving} | {equivalent_cell(fig['equivalent'])} |")
     return "\n".join(lines) + "\n"
 
 
 # -- what compare prints first ------------------------------------------------------------------
 SAME_STEPS = 0.005  # a step ratio within this of 1: the same steps, whatever the clock says
+SAME_SPEED = 0.03  # per-step speeds within 3% of each other, seed by seed: the same cost a step
 
 
-def time_verdict(time_stat: dict, step_stat: dict | None) -> str:
-    """Why a time ratio is not a gain: ``"same steps"`` when the step ratio is 1.00 (the clock then
-    measures per-step cost and timing noise), ``"spread covers 1"`` when the seeds disagree on its
-    side of 1; ``""`` when it stands."""
+def step_speed(result: dict, sampler: str) -> tuple[float, float] | None:
+    """The sampler's steps a second over uniform's, seed by seed at the full budget: (min, max)."""
+    runs = [
+        r for r in result.get("runs", []) if r.get("tuned", True) and r.get("budget", 1.0) in (1, 1.0, None)
+    ]
+    speed = {(r["sampler"], r["seed"]): r.get("steps_per_s") for r in runs}
+    ratios = [
+        speed[(sampler, seed)] / speed[("uniform", seed)]
+        for (name, seed) in speed
+        if name == sampler and speed.get(("uniform", seed)) and speed[(sampler, seed)]
+    ]
+    return (min(ratios), max(ratios)) if ratios else None
+
+
+def _cheaper_steps(speed: tuple[float, float] | None) -> bool:
+    return speed is not None and (speed[0] > 1 + SAME_SPEED or speed[1] < 1 - SAME_SPEED)
+
+
+def time_verdict(time_stat: dict, step_stat: dict | None, speed: tuple[float, float] | None = None) -> str:
+    """Why a time ratio is not a gain: ``"same steps"`` when the step ratio is 1.00 and the steps
+    cost the same (the clock then measures timing noise), ``"spread covers 1"`` when the seeds
+    disagree on its side of 1; ``""`` when it stands (a step ratio of 1.00 with steps consistently
+    cheaper, as bucketed batches' are, is a real saving)."""
     steps = None if step_stat is None else step_stat.get("median")
-    if steps is not None and abs(steps - 1.0) < SAME_STEPS:
+    if steps is not None and abs(steps - 1.0) < SAME_STEPS and not _cheaper_steps(speed):
         return "same steps"
     low, high = time_stat.get("min"), time_stat.get("max")
     if low is not None and high is not None and low <= 1.0 <= high:
@@ -238,8 +257,8 @@ def headline(result: dict) -> str:
         for sampler, fig in figures.items():
             loss = table[sampler]["1.0"]["loss"]
             lines.append(
-                f"  {sampler}: lossless saving {saving_text(fig['lossless'])}; full-budget val loss "
-                f"{loss['mean']:.4f} (uniform's {uniform['mean']:.4f} "
+                f"  {sampler}: lossless saving {saving_text(fig['lossless'], step_speed(result, sampler))}; "
+                f"full-budget val loss {loss['mean']:.4f} (uniform's {uniform['mean']:.4f} "
                 f"± {fig['lossless']['tolerance']:.4f} over its seeds)"
             )
         return "\n".join(lines)
@@ -247,23 +266,28 @@ def headline(result: dict) -> str:
     for sampler in result["speedup"]["val_loss"]:
         time_stat = result["speedup"]["val_loss"][sampler][target]
         step_stat = result["step_speedup"]["val_loss"][sampler][target]
-        text = _speedup_text(time_stat, step_stat)
+        text = _speedup_text(time_stat, step_stat, step_speed(result, sampler))
         lines.append(f"  {sampler}: to uniform's best val loss {float(target):.4f}, {text}")
     return "\n".join(lines)
 
 
-def saving_text(lossless: dict) -> str:
-    """:func:`saving_cell`, marked when the steps are the same (its time ratio is then noise)."""
-    cell = saving_cell(lossless)
-    if lossless.get("steps_saving") is not None and abs(lossless["steps_saving"] - 1.0) < SAME_STEPS:
-        cell += " [same steps: the time ratio is noise, not a gain]"
-    return cell
+def saving_text(lossless: dict, speed: tuple[float, float] | None = None) -> str:
+    """:func:`saving_cell`, marked when the steps are the same: its time ratio is then noise, or,
+    where each step is consistently cheaper (or dearer), per-step cost."""
+    text = saving_cell(lossless)
+    if lossless.get("steps_saving") is None or abs(lossless["steps_saving"] - 1.0) >= SAME_STEPS:
+        return text
+    if _cheaper_steps(speed):
+        each = f"{speed[0]:.2f}-{speed[1]:.2f}x"
+        return text + f" [same steps, each {each} as fast: the saving is per-step cost]"
+    return text + " [same steps: the time ratio is noise, not a gain]"
 
 
-def _speedup_text(time_stat: dict, step_stat: dict) -> str:
-    if step_stat["median"] is None or time_stat["median"] is None:
-        return f"steps {cell(step_stat)}, time {cell(time_stat)}"
+def _speedup_text(time_stat: dict, step_stat: dict, speed: tuple[float, float] | None) -> str:
+    exact = time_stat.get("kind") == step_stat.get("kind") == "exact"
+    if not exact or step_stat["median"] is None or time_stat["median"] is None:
+        return f"steps {cell(step_stat)}, time {cell(time_stat)}"  # bounds, or nothing reached
     text = f"{step_stat['median']:.2f}x in steps, {time_stat['median']:.2f}x in time"
-    noise = time_verdict(time_stat, step_stat)
+    noise = time_verdict(time_stat, step_stat, speed)
     marked = f" [{noise}: the time ratio is noise, not a gain]" if noise else ""
     return f"{text}{marked} (n={time_stat['n']})"

@@ -322,6 +322,8 @@ register_factor(
         score=_forward_score(lambda out, batch: loss_factors(out)),
     )
 )
+
+
 def loss_length_factors(out: ModelOutput, lengths: Tensor) -> Tensor:
     """The loss times the sequence's length: its tokens' summed loss, as a length-summed objective
     weighs it. Under ``--cost-aware`` (cost = length) draws follow loss x sqrt(length)."""

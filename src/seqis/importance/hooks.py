@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,20 @@ class _Pausable:
             yield
         finally:
             self._paused = False
+
+
+def _parameter_behind(node: Any, hops: int = 2) -> Tensor | None:
+    """The leaf tensor an autograd node reads, directly or through up to ``hops`` single-input
+    nodes (a linear layer's weight arrives transposed: ``TBackward`` before its leaf)."""
+    for _ in range(hops + 1):
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            return variable
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
 
 
 class OutputLayerNorms(_Pausable):
@@ -94,23 +109,24 @@ class OutputLayerNorms(_Pausable):
     def read_by(self, loss: Tensor) -> bool:
         """Whether ``loss`` reads the layer's recorded outputs with no other trained layer in
         between (as the output layer's are read): the autograd graph is walked back from the loss,
-        and an operation that feeds another trainable parameter ends a path. True when nothing was
-        recorded or the loss has no graph (nothing to tell)."""
+        and an operation fed by another layer's weight matrix ends a path (scalars and vectors, a
+        temperature or a bias, do not). True when nothing was recorded or the loss has no graph."""
         targets = {id(fn) for fn in self._outputs if fn is not None}
         if not targets or loss.grad_fn is None:
             return True
         own = {id(p) for p in self.layer.parameters()}
-        seen, queue = set(), [loss.grad_fn]
+        kept, seen, queue = [], set(), [loss.grad_fn]  # kept: live nodes, so their ids stay unique
         while queue:
             fn = queue.pop()
             if id(fn) in seen:
                 continue
+            kept.append(fn)
             seen.add(id(fn))
             if id(fn) in targets:
                 return True
             feeding = [n for n, _ in fn.next_functions if n is not None]
-            trained = [getattr(n, "variable", None) for n in feeding]
-            if any(isinstance(v, nn.Parameter) and id(v) not in own for v in trained):
+            weights = [_parameter_behind(n) for n in feeding]
+            if any(isinstance(w, nn.Parameter) and w.dim() >= 2 and id(w) not in own for w in weights):
                 continue  # another layer's operation: the loss reads that layer, not this one
             queue.extend(feeding)
         return False
@@ -167,8 +183,8 @@ class OutputLayerNorms(_Pausable):
         if known is not None and len(known) != batch:
             raise ValueError(
                 f"the output layer saw {batch} rows for a batch of {len(known)} sequences: seqis needs "
-                "it applied per sequence, to (B, H) or (B, T, H); a layer applied to PackedSequence.data "
-                "mixes the sequences' steps (apply it to the padded output)"
+                "it applied per sequence, to (B, H) or (B, T, H), batch first; a layer applied to "
+                "PackedSequence.data, to time-major (T, B, H) or flattened (B*T, H) states mixes them"
             )
         inputs, grads = inputs[:count], grads[:count]
         dtype = torch.promote_types(grads.dtype, torch.float32)
@@ -209,9 +225,13 @@ class LossCoefficients:
     def __init__(self):
         self.value: Tensor | None = None
 
-    def watch(self, per_sequence_loss: Tensor) -> None:
-        """Capture the coefficients of these losses when the backward pass reaches them."""
+    def reset(self) -> None:
+        """A new batch: no coefficients until its backward pass."""
         self.value = None
+
+    def watch(self, per_sequence_loss: Tensor) -> None:
+        """Capture the coefficients of these losses when the backward pass reaches them (a loss
+        without a graph, weighed for logging, changes nothing)."""
         if per_sequence_loss.requires_grad:
             per_sequence_loss.register_hook(self._capture)
 

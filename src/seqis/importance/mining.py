@@ -398,9 +398,9 @@ class Miner:
         one O(N) count every ``check_every`` steps)."""
         self.flush()
         self._exchange_validations()
-        start = time.perf_counter()
         noise_scale = self.noise.noise_scale if self.noise is not None else None
-        self._maybe_sweep(step, noise_scale)
+        self._maybe_sweep(step, noise_scale)  # times itself (its scoring is mining time)
+        start = time.perf_counter()
         sample, store = self._harvest_sample(), self._store_state(step)
         self._set_active(self.switch.decide(step + 1, self.sampler.active, sample, noise_scale, store))
         if self.switch.pool_ratio is not None:  # presampling: the pool the switch sized for the next period
@@ -493,26 +493,24 @@ class Miner:
         switch judges, the sweeps' share of step time added to mining's cost), and again when the
         factors have aged by the measured cadence while importance sampling is on."""
         sweeps = self.sweeps
-        if sweeps is None:
+        if sweeps is None or (sweeps.last is not None and not (self.sampler.active and sweeps.due(step + 1))):
             return
-        if sweeps.last is None:
-            sample = self._harvest_sample()
-            fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
-            cost = self._base_cost + sweeps.share()
-            if not self.switch.pays(store_gain(fresh, 1.0, self.switch.quality), noise_scale, cost):
-                return
-        elif not (self.sampler.active and sweeps.due(step + 1)):
-            return
-        self.sweep(step)
+        sample = self._harvest_sample()
+        fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
+        horizon = self.plan.horizon(step, self.uniform_from)  # a sweep must pay within what is left
+        cost = self._base_cost + sweeps.share(horizon)
+        if self.switch.pays(store_gain(fresh, 1.0, self.switch.quality), noise_scale, cost):
+            self.sweep(step, horizon)
 
-    def sweep(self, step: int) -> None:
-        """Score every sequence fresh, ``sweep_batch`` at a time, in length order; learn the cadence."""
-        before = np.array(self.sampler.factors, dtype=np.float64)
+    def sweep(self, step: int, horizon: int | None = None) -> None:
+        """Score every sequence fresh, ``sweep_batch`` at a time, in length order; learn the cadence
+        from how far the factors moved since the last sweep; later draws follow the fresh store."""
         n, batch = len(self._sweep), self.config.sweep_batch
         for start in range(0, n, batch):
             self.refresh(min(batch, n - start), step)
-        self.sweeps.learn(before, np.asarray(self.sampler.factors, dtype=np.float64), step + 1)
-        self.switch.cost = self._base_cost + self.sweeps.share()
+        self.sweeps.learn(np.asarray(self.sampler.factors, dtype=np.float64), step + 1)
+        self.switch.cost = self._base_cost + self.sweeps.share(horizon)
+        self.sampler.redraw()
 
     def refresh(self, count: int, step: int) -> None:
         """Re-score the next ``count`` sequences of the sweep in one forward-only pass."""
@@ -589,6 +587,7 @@ class Miner:
             "pending": [harvest.state_dict() for harvest in self._pending],
             "validations": list(self._validations),
             "sweeps": self.sweeps.state_dict() if self.sweeps is not None else None,
+            "sweep_share": self.switch.cost - self._base_cost,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -609,7 +608,8 @@ class Miner:
         self._validations = [tuple(row) for row in state.get("validations", [])]
         if self.sweeps is not None and state.get("sweeps"):
             self.sweeps.load_state_dict(state["sweeps"])
-            self.switch.cost = self._base_cost + self.sweeps.share()
+            if self.sweeps.last is not None:  # charged from the first sweep on
+                self.switch.cost = self._base_cost + state.get("sweep_share", self.sweeps.share())
 
 
 def _mean_per_step(rows: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:

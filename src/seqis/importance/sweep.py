@@ -31,32 +31,39 @@ class StoreSweeps:
         self.epoch = max(floor, math.ceil(sequences / batch_size))
         self.every = self.epoch  # steps between sweeps: an epoch until decorrelation is measured
         self.last: int | None = None  # steps done at the last sweep
+        self.swept: np.ndarray | None = None  # the factors it left, to measure how they age
         self.history: list[dict] = []
 
-    def share(self) -> float:
-        """The sweeps' predicted share of step time: every sequence scored every ``every`` steps,
-        each at ``cost_per_sequence`` of a trained sequence's cost."""
-        return self.sequences * self.cost_per_sequence / (self.every * self.batch_size)
+    def share(self, horizon: int | None = None) -> float:
+        """The sweeps' predicted share of step time: every sequence scored every ``every`` steps
+        (or once over a ``horizon`` of fewer steps left to use it), each at ``cost_per_sequence``
+        of a trained sequence's cost."""
+        steps = self.every if horizon is None else max(1, min(self.every, horizon))
+        return self.sequences * self.cost_per_sequence / (steps * self.batch_size)
 
     def due(self, steps_done: int) -> bool:
         return self.last is not None and steps_done - self.last >= self.every
 
-    def learn(self, before: np.ndarray, after: np.ndarray, steps_done: int) -> None:
-        """A sweep's outcome: how far the factors scored ``every`` steps ago still follow the fresh
-        ones (correlation of their logarithms) sets the next sweep's distance."""
-        known = np.isfinite(before) & np.isfinite(after) & (before > 0) & (after > 0)
+    def learn(self, factors: np.ndarray, steps_done: int) -> None:
+        """A sweep's outcome: how far the factors the last sweep left still follow the fresh ones
+        (correlation of their logarithms, every sequence) sets the next sweep's distance."""
         correlation = None
-        if self.last is not None and known.sum() > 100:
-            correlation = float(np.corrcoef(np.log(before[known]), np.log(after[known]))[0, 1])
-            if correlation > 0.95:
-                self.every = min(4 * self.epoch, math.ceil(1.5 * self.every))
-            elif correlation < 0.85:
-                self.every = max(self.floor, math.floor(self.every / 1.5))
+        if self.swept is not None:
+            known = np.isfinite(self.swept) & np.isfinite(factors) & (self.swept > 0) & (factors > 0)
+            if known.sum() > 100:
+                correlation = float(np.corrcoef(np.log(self.swept[known]), np.log(factors[known]))[0, 1])
+        if correlation is not None and correlation > 0.95:
+            self.every = min(4 * self.epoch, math.ceil(1.5 * self.every))
+        elif correlation is not None and correlation < 0.85:
+            self.every = max(self.floor, math.floor(self.every / 1.5))
         self.history.append({"step": steps_done, "correlation": correlation, "next_after": self.every})
-        self.last = steps_done
+        self.last, self.swept = steps_done, np.array(factors, dtype=np.float64)
 
     def state_dict(self) -> dict:
-        return {"every": self.every, "last": self.last, "history": list(self.history)}
+        swept = None if self.swept is None else self.swept.copy()
+        return {"every": self.every, "last": self.last, "history": list(self.history), "swept": swept}
 
     def load_state_dict(self, state: dict) -> None:
         self.every, self.last, self.history = state["every"], state["last"], list(state["history"])
+        swept = state.get("swept")
+        self.swept = None if swept is None else np.asarray(swept, dtype=np.float64)

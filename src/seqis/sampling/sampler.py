@@ -241,10 +241,12 @@ class LengthBuckets:
         size, out = self.batch_size * self.pool, []
         for start in range(0, len(positions), size):
             pool = positions[start : start + size]
+            # A short batch (an epoch's end) is a random part of the pool, not its longest sequences.
+            short_count = len(pool) % self.batch_size
+            short, pool = pool[:short_count], pool[short_count:]
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
             batches = list(pool.split(self.batch_size))
-            short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
-            out += [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + short
+            out += [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + [short]
         return torch.cat(out) if out else positions
 
     def arrange_batches(self, positions: np.ndarray, weights: np.ndarray, generator: torch.Generator):
@@ -353,7 +355,11 @@ class ImportanceSampler(UniformBatchSampler):
         are made ``pool`` batches at a time (the lookahead), sorted by length and cut into batches
         in a shuffled order, each sequence keeping the weight of the distribution it was drawn from."""
         super().set_buckets(lengths, pool)
-        self.lookahead = pool
+        self.lookahead = max(1, min(pool, self.num_sequences // self.batch_size))
+        self._ahead.clear()
+
+    def redraw(self) -> None:
+        """Drop the batches drawn ahead: the next ones follow the factors as they stand now."""
         self._ahead.clear()
 
     # -- factors ---------------------------------------------------------------------------

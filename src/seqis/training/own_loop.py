@@ -59,7 +59,8 @@ class ImportanceLoader:
             stale factors are refreshed by forward-only passes, without it only by training.
         model: the model ``loss_fn`` runs (needed with ``loss_fn``).
         lengths: optional per-sequence lengths (dataset order), so refresh batches pad little;
-            the costs of ``cost_aware`` draws (pack your batches then).
+            what ``batching="bucket"`` sorts each pool of draws by; the costs of ``cost_aware``
+            draws.
         seed: seeds the draws; every rank must use the same.
         total_steps: the planned steps, for ``anneal`` and pruning's ``prune_anneal``.
 
@@ -140,6 +141,7 @@ class ImportanceLoader:
 
     def _scorer(self, loss_fn: PerSequenceLoss, model: nn.Module):
         device = next(self.output_layer.parameters()).device
+
         def fetch(index: Tensor) -> Any:
             return to_device(self.fetch(index), device)
 
@@ -204,6 +206,7 @@ class ImportanceLoader:
         self._weighed = self._stepped = False
         self.norms.reset()
         self.grad_sq.reset()
+        self.coefficients.reset()
 
     # -- per step --------------------------------------------------------------------------
     def weigh(self, per_sequence_loss: Tensor, reduction: str = "mean") -> Tensor:

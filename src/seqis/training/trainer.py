@@ -238,7 +238,8 @@ def replayed_multiplier(run_dir: Path) -> LrReplay:
         flag = option_name(TrainConfig, "lr_replay")
         raise ConfigError(f"{flag} {run_dir}: no finished run there (its summary.json)") from None
     source = TrainConfig.from_dict(summary["config"])
-    tail = source.plan(summary["data_stats"]["train"], summary["world_size"]).tail_start(source.mining.anneal)
+    world = summary.get("world_size", 1)
+    tail = source.plan(summary["data_stats"]["train"], world).tail_start(source.mining.anneal)
     tripped = (summary.get("validation_watch") or {}).get("tripped_at")
     ends = [end for end in (tail, tripped) if end is not None]
     mining = source.mining
