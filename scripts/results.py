@@ -191,10 +191,17 @@ EXPERIMENTS: dict[str, str] = {
     "fashion-mnist-budget-sweep": f"--data fashion-mnist {GRU} --samplers uniform,fim,replay:fim --sweep "
     f"{COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 "
     "--lrs uniform=0.004,fim=0.004,replay:fim=0.004",
-    # WordNet once through, both levers: buckets (uniform@bucket) and importance with sweeps on them.
+    # The square-root rule (Adam's) against the linear one, with sweeps: the same race's fim at
+    # lr-scale sqrt (uniform's runs are the sweep race's, run again beside it).
+    "fashion-mnist-budget-sweep-sqrt": f"--data fashion-mnist {GRU} --samplers uniform,fim --sweep "
+    f"--lr-scale sqrt {COSINE} --epochs 2 --seeds 3 --budgets 1,0.8,0.67,0.5 --eval-every 500 "
+    "--lrs uniform=0.004,fim=0.004",
+    # WordNet once through, both levers: buckets (uniform@bucket), importance with sweeps on them,
+    # and cost-aware importance on them (p by factor over the square root of length).
     "wordnet-bucket-budget": f"--data wordnet --seq-len 128 --val-size 5000 {GRU} "
-    f"--samplers uniform,uniform@bucket,fim@bucket --sweep {COSINE} --steps 1700 --seeds 3 "
-    "--lrs uniform=0.008,uniform@bucket=0.008,fim@bucket=0.008 --budgets 1,0.8,0.67,0.5 --eval-every 425",
+    f"--samplers uniform,uniform@bucket,fim@bucket,fim@bucket+cost --sweep {COSINE} --steps 1700 "
+    "--seeds 3 --lrs uniform=0.008,uniform@bucket=0.008,fim@bucket=0.008,fim@bucket+cost=0.008 "
+    "--budgets 1,0.8,0.67,0.5 --eval-every 425",
     # A larger batch is what a cut in variance is worth: uniform at batch 128 and 256, the peak scaled
     # by the square root of the batch (0.004 at 64), the same two epochs (fewer, larger steps).
     "fashion-mnist-budget-batch128": f"--data fashion-mnist --model gru --hidden 128 --layers 1 "
