@@ -13,7 +13,9 @@ when drawing by:
   is on);
 
 with the correlation of fresh fim factors with the full gradient norms, the store's coverage
-and the full gradient's noise scale B = tr(Sigma) / |G|^2. JSON on stdout.
+and the full gradient's noise scale B = tr(Sigma) / |G|^2, and ``sweep_cost``: a sequence scored
+at ``--sweep-batch`` over a trained one (the run's clock so far), what ``MiningConfig.sweep_cost``
+prices. JSON on stdout.
 
     python benchmarks/fresh_cut.py --data fashion-mnist --model gru --hidden 128 --layers 1 \\
         --batch-size 64 --lr 0.004 --schedule cosine --warmup 0.05 --epochs 2 --sampler fim --sweep
@@ -70,14 +72,11 @@ def measure(run: Run, step: int, sample: torch.Tensor, alpha: float) -> dict:
     model, data, sampler = run.model, run.data, run.sampler
     model.eval()
     start = time.perf_counter()
+    chunks = data.train_idx.split(run.config.mining.sweep_batch)  # as a sweep scores them
     with torch.no_grad():
-        fresh = (
-            torch.cat(
-                [FACTORS["fim"].score(model, data.batch(chunk)) for chunk in data.train_idx.split(1024)]
-            )
-            .double()
-            .numpy()
-        )
+        fresh = torch.cat([FACTORS["fim"].score(model, data.batch(chunk)) for chunk in chunks])
+    fresh = fresh.double().numpy()
+    scoring_per_sequence = (time.perf_counter() - start) / len(data.train_idx)
     grads = per_sequence_gradients(model, data, sample)
     model.train()
     n = len(data.train_idx)
@@ -92,6 +91,10 @@ def measure(run: Run, step: int, sample: torch.Tensor, alpha: float) -> dict:
     mean_sq, mean = (grads**2).sum(1).mean(), grads.mean(0)
     g2 = mean @ mean - (mean_sq - mean @ mean) / (len(grads) - 1)
     row["noise_scale"] = float((mean_sq - g2) / g2) if g2 > 0 else None
+    # what --sweep-cost prices: a sequence scored at --sweep-batch over a trained one, this run's clock
+    mined = run.miner.mining_time_s if run.miner is not None else 0.0
+    trained = (run.state.clock - mined) / (step * run.config.batch_size) if step else None
+    row["sweep_cost"] = scoring_per_sequence / trained if trained else None
     if hasattr(sampler, "scores"):  # a store of factors: what importance draws would come from
         stored = sampler.scores()
         row["store"] = variance_cut(grads, mixed_weights(stored[positions], stored.sum(), n, alpha))

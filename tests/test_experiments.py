@@ -5,6 +5,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from seqis.cli import main
 from seqis.errors import ConfigError
@@ -179,6 +180,7 @@ def test_diagnose_end_to_end(tmp_path, capsys):
     assert f"{judgement['step_gain']:.3f}x fewer steps" in report["verdict"]
     assert (out / "factors.png").stat().st_size > 500 and (out / "switch.png").stat().st_size > 500
     assert "after 120 steps the switch keeps importance sampling" in capsys.readouterr().out
+    assert report["padded_over_real"] == {"random": 1.0, "bucket": 1.0} and "padded" not in report["verdict"]
     # judge an existing run's newest checkpoint, with its own settings, instead of training again
     again = tmp_path / "again"
     assert main(["diagnose", "--checkpoint", str(out), "--out", str(again), *TINY]) == 0
@@ -489,3 +491,44 @@ def test_a_race_names_each_samplers_batching_and_shows_what_it_paid(tmp_path, ts
     assert summary["samplers"] == ["uniform", "uniform@bucket"]
     runs = {r["sampler"]: r for r in summary["runs"]}
     assert runs["uniform@bucket"]["padded_over_real"] < runs["uniform"]["padded_over_real"]
+
+
+def test_sampler_specs_and_replays_that_would_mislead_are_refused():
+    """Review: fim@+cost dropped +cost silently; replay:fim at another peak rate than fim's is no
+    control of fim's schedule."""
+    from seqis.experiments.race import RaceConfig
+
+    with pytest.raises(ConfigError, match=r"\+cost follows a batching"):
+        TrainConfig().with_sampler("fim@+cost")
+    assert TrainConfig().with_sampler("fim@bucket+cost").mining.cost_aware
+    with pytest.raises(ConfigError, match="replay:fim must train at fim's peak rate"):
+        RaceConfig(samplers="uniform,fim,replay:fim", lrs="uniform=0.004,fim=0.004,replay:fim=0.002")
+    RaceConfig(samplers="uniform,fim,replay:fim", lrs="uniform=0.002,fim=0.004,replay:fim=0.004")
+
+
+def test_diagnose_and_train_name_the_length_lever_where_random_batches_pad(tmp_path, ts_file, capsys):
+    """Issue 27: the padding a random batch pays for is a cost no scheme touches; say what buckets save."""
+    from seqis.experiments.diagnose import _length_advice, length_lever
+
+    config = TrainConfig(data="toy", batch_size=8)
+    lever = length_lever(config, torch.tensor([2, 40] * 50))
+    assert lever["random"] > 1.5 * lever["bucket"]
+    assert "batching bucket would make a step up to" in _length_advice(config, lever)
+    assert _length_advice(config.with_sampler("fim@bucket"), lever) == ""
+    args = [
+        "train",
+        "--data",
+        f"ts:{ts_file}",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "random")]) == 0
+    assert "padded positions per real one here (length-sorted pools" in capsys.readouterr().err  # lengths 3-7
+    assert main([*args, "--batching", "bucket", "--out", str(tmp_path / "bucket")]) == 0
+    assert "padded positions" not in capsys.readouterr().err

@@ -592,3 +592,30 @@ def test_bucketed_samplers_resume_exactly_mid_epoch():
         resumed.load_state_dict(straight.state_dict())
         for _ in range(30):
             assert torch.equal(straight.draw()[0], resumed.draw()[0]), kind
+
+
+def test_a_bucketed_batch_is_shuffled_and_a_sweeps_redraw_finishes_the_pool():
+    """Review: sorted batches gave the switch's harvest sample (a batch's first sequences) and rank
+    0's slice always the short end; dropping the rest of a partitioned pool on a decision its
+    trained part informed would bias the run."""
+    n, b = 640, 16
+    lengths = torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1  # all distinct
+    uniform = UniformBatchSampler(range(n), batch_size=b, seed=1)
+    uniform.set_buckets(lengths, pool=10)
+    importance = ImportanceSampler(range(n), batch_size=b, seed=1)
+    importance.set_buckets(lengths, pool=10)
+    importance.record(torch.arange(n), torch.rand(n, generator=torch.Generator().manual_seed(2)) + 0.1)
+    importance.active = True
+    for sampler in (uniform, importance):
+        batches = [lengths[sampler.draw()[0]] for _ in range(25)]
+        first_is_shortest = [int(batch[0] == batch.min()) for batch in batches]
+        assert sum(first_is_shortest) < 8, type(sampler).__name__  # sorted: all 20
+        assert np.median([int(batch.max() - batch.min()) for batch in batches]) < n / 10  # still a band
+    left = len(importance._ahead)
+    importance.redraw()
+    assert len(importance._ahead) == left > 0  # the pool is trained to its end
+    plain = ImportanceSampler(range(n), batch_size=b, seed=1)
+    plain.active = True
+    plain.draw()
+    plain.redraw()
+    assert not plain._ahead

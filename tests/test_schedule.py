@@ -152,6 +152,18 @@ def test_uniform_replays_the_learning_rate_a_scaled_sampler_had(tmp_path):
     assert max(a / b for a, b in zip(scaled, plain, strict=True)) > 1.05  # the multiplier was at work
     summary = json.loads((replay / "summary.json").read_text())
     assert summary["is_active_share"] == 0.0
+    # another plan would put the multipliers on other steps: refused
+    other_plan = [*TINY, "--steps", "300", "--eval-every", "10", "--schedule", "cosine", "--lr", "0.01"]
+    assert main(["train", *other_plan, *replaying, "--out", str(tmp_path / "other")]) == 2
+    # a checkpoint keeps the replayed multipliers: the source folder may change under a resume
+    from seqis.importance.lr_scale import LrReplay
+    from seqis.training.checkpoint import load_latest
+    from seqis.training.trainer import replayed_multiplier
+
+    saved = load_latest(replay)[0]
+    copy = LrReplay("linear", 2.0, [])
+    copy.load_state_dict(saved["lr_replay"])
+    assert copy.changes == replayed_multiplier(fim).changes and len(copy.changes) > 2
 
 
 def _lrs_of_plain(tmp_path, common):

@@ -427,7 +427,7 @@ def test_unresolved_auto_scales_nothing_as_none_does():
 
 
 # -- sweeps: the whole store fresh while importance sampling can pay ------------------------------------
-def _sweeping(n=6000, b=64, steps=400, drift=0.0, **mining):
+def _sweeping(n=6000, b=64, steps=400, drift=0.0, rate_at=None, **mining):
     """Train-like draws over factors that drift by ``drift`` a step (log-normal), at B = 300."""
     rng = np.random.default_rng(4)
     base = rng.lognormal(0.0, 1.0, n)
@@ -440,6 +440,7 @@ def _sweeping(n=6000, b=64, steps=400, drift=0.0, **mining):
     sampler = ImportanceSampler(range(n), batch_size=b, smoothing=0.2, seed=0)
     config = MiningConfig(sweep=True, sweep_batch=2000, **mining)
     miner = Miner(sampler, config, score_fn=score, plan=Plan(n, b, steps=3000))
+    miner.rate_at = rate_at
     batch_sq = float(np.mean(base**2)) / 301.0 * (1 + 300 / b)
     coverage = []
     for step in range(steps):
@@ -476,6 +477,20 @@ def test_the_sweep_cadence_follows_how_fast_factors_decorrelate():
     assert drifting.sweeps.every < steady.sweeps.every  # aging factors: sweeps come sooner
     costly, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1, sweep_cost=0.3)
     assert len(costly.sweeps.history) == 1  # a re-sweep must pay for itself too: at 0.3, B ~ 80, it does not
+
+
+def test_a_sweep_is_priced_by_the_rate_left_to_use_it_and_never_without_a_noise_scale():
+    """fashion-mnist-budget-sweep swept 60,000 rows 75 steps before the end, where B read None and
+    the price fell back to min_gain; and a cut bought under a decayed rate buys little."""
+    flat, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1, sweep_cost=0.05)
+    decayed, _, _ = _sweeping(
+        steps=700, switch_sample=64, switch_every=1, sweep_cost=0.05, rate_at=lambda t: max(0.0, 1 - t / 450)
+    )
+    assert 1 <= len(decayed.sweeps.history) < len(flat.sweeps.history)
+    assert decayed.rate_weighted_horizon(350) < flat.rate_weighted_horizon(350)
+    unread, _, _ = _sweeping(steps=1, switch_sample=64, switch_every=1)
+    unread._maybe_sweep(60, None)
+    assert unread.sweeps.last is None
 
 
 def test_no_sweep_where_fresh_factors_cannot_pay_or_no_store_is_drawn_from():

@@ -29,6 +29,7 @@ from seqis.experiments.plots import plot_histogram, plot_switch
 from seqis.importance.factors import FACTORS
 from seqis.importance.switch import HarvestSample, Judgement, StoreState, as_records, ceiling, estimated_gain
 from seqis.options import name
+from seqis.sampling.sampler import padding
 from seqis.training.config import TrainConfig
 from seqis.training.trainer import Run, evaluate
 
@@ -66,11 +67,13 @@ def diagnose(config: TrainConfig, sample: int = 2048, checkpoint: str | None = N
         judgement = run.miner.judge(run.state.step)
     else:
         judgement = _judge_switching_on(config, run, factors, costs)
+    lever = length_lever(config, run.data.lengths[run.data.train_idx])
     report = {
         **_fresh_figures(config, factors, costs),
         "judgement": asdict(judgement),
         "is_on": judgement.active,
-        "verdict": verdict(config, judgement, factors),
+        "padded_over_real": lever,
+        "verdict": verdict(config, judgement, factors) + _length_advice(config, lever),
         "final_val_loss": val_loss,
         "score_cost_per_seq_s": score_per_seq,
         "train_cost_per_seq_s": train_per_seq,
@@ -135,6 +138,26 @@ def verdict(config: TrainConfig, j: Judgement, factors: np.ndarray) -> str:
     return text + (
         f" Fresh {factor} factors of {s.size} sequences: spread std/mean "
         f"{s.std() / max(s.mean(), 1e-300):.3f}, ceiling E[s²]/E[s]² {ceiling(s):.3f}."
+    )
+
+
+def length_lever(config: TrainConfig, lengths: torch.Tensor) -> dict[str, float]:
+    """Padded over real positions of this run's batches cut randomly and cut from sorted pools."""
+    return {
+        "random": padding(lengths, config.batch_size, seed=config.seed),
+        "bucket": padding(lengths, config.batch_size, config.mining.bucket_pool, seed=config.seed),
+    }
+
+
+def _length_advice(config: TrainConfig, lever: dict[str, float]) -> str:
+    """The other lever, where random batches pay for much padding (not a default: see README)."""
+    random, bucket = lever["random"], lever["bucket"]
+    if config.mining.batching != "random" or config.model.pack or random < 1.2 * bucket:
+        return ""
+    return (
+        f" Random batches of {config.batch_size} carry {random:.2f} padded positions per real one here, "
+        f"length-sorted pools {bucket:.2f}: {name(config.mining, 'batching')} bucket would make a step "
+        f"up to {random / bucket:.2f}x cheaper."
     )
 
 

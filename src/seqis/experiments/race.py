@@ -97,6 +97,13 @@ class RaceConfig:
         if isinstance(self.lrs, dict):
             missing = [s for s in self.samplers if s not in self.lrs]
             check(not missing, f"{name(self, 'lrs')} gives no learning rate for {', '.join(missing)}")
+            for sampler in self.samplers:  # a replay is the control of its source's very rate
+                source = sampler[len(REPLAY) :] if sampler.startswith(REPLAY) else None
+                check(
+                    source is None or self.lrs[sampler] == self.lrs[source],
+                    f"{name(self, 'lrs')}: {sampler} must train at {source}'s peak rate "
+                    f"({self.lrs.get(source)}), got {self.lrs[sampler]}",
+                )
         if isinstance(self.targets, str) and self.targets != "auto":
             self.targets = parse_targets(self.targets, name(self, "targets"))
         if isinstance(self.budgets, str):

@@ -77,6 +77,14 @@ class LrReplay:
             self.changes.append((int(record["step"]), multiplier.value))
         self.uniform_from = uniform_from
 
+    def state_dict(self) -> dict:
+        return {"changes": [list(change) for change in self.changes], "uniform_from": self.uniform_from}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's copy wins over the source folder, which may have changed since."""
+        self.changes = [(int(first), float(value)) for first, value in state["changes"]]
+        self.uniform_from = state["uniform_from"]
+
     def at(self, step: int) -> float:
         """The multiplier of training step ``step`` (0-based): the last decision made before it."""
         if self.uniform_from is not None and step >= self.uniform_from:

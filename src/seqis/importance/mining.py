@@ -195,6 +195,8 @@ class Miner:
         self.switch = config.scheme.make_switch(config, sampler.batch_size, refreshes)
         self._base_cost = self.switch.cost
         self.sweeps = None  # --sweep: the whole store scored fresh while importance sampling pays
+        # The learning rate's share of its peak at a step (the trainer's schedule), for pricing sweeps.
+        self.rate_at: Callable[[int], float] | None = None
         if config.sweep and score_fn is not None and sampler.draws_from_store:
             n, b = len(sampler.indices), sampler.batch_size
             self.sweeps = StoreSweeps(n, b, config.sweep_cost, config.check_every)
@@ -495,22 +497,40 @@ class Miner:
         sweeps = self.sweeps
         if sweeps is None or (sweeps.last is not None and not (self.sampler.active and sweeps.due(step + 1))):
             return
+        if noise_scale is None:  # no step gain to price a sweep by (B unread: early, or |G| ~ 0)
+            return
         sample = self._harvest_sample()
         fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
-        horizon = self.plan.horizon(step, self.uniform_from)  # a sweep must pay within what is left
+        horizon = self.rate_weighted_horizon(step)  # a sweep must pay within what is left
         cost = self._base_cost + sweeps.share(horizon)
         if self.switch.pays(store_gain(fresh, 1.0, self.switch.quality), noise_scale, cost):
             self.sweep(step, horizon)
 
+    def rate_weighted_horizon(self, step: int) -> int | None:
+        """The steps left (before ``--anneal``'s tail), each counted at its learning rate over the
+        rate now: a cut is worth what the rate lets it buy, so a decayed tail repays little.
+        Without ``rate_at`` (the trainer's schedule), each step counts in full."""
+        horizon = self.plan.horizon(step, self.uniform_from)
+        if self.rate_at is None or horizon is None:
+            return horizon
+        now = self.rate_at(step)
+        if now <= 0:
+            return 1
+        ahead = range(step + 1, step + 1 + min(horizon, self.sweeps.every if self.sweeps else horizon))
+        return max(1, round(sum(self.rate_at(t) for t in ahead) / now))
+
     def sweep(self, step: int, horizon: int | None = None) -> None:
         """Score every sequence fresh, ``sweep_batch`` at a time, in length order; learn the cadence
         from how far the factors moved since the last sweep; later draws follow the fresh store."""
+        start, mined = time.perf_counter(), self.mining_time_s
         n, batch = len(self._sweep), self.config.sweep_batch
-        for start in range(0, n, batch):
-            self.refresh(min(batch, n - start), step)
+        for first in range(0, n, batch):
+            self.refresh(min(batch, n - first), step)
         self.sweeps.learn(np.asarray(self.sampler.factors, dtype=np.float64), step + 1)
         self.switch.cost = self._base_cost + self.sweeps.share(horizon)
         self.sampler.redraw()
+        # all of it is mining time: the scoring, and the exchange and bookkeeping around it
+        self.mining_time_s = mined + time.perf_counter() - start
 
     def refresh(self, count: int, step: int) -> None:
         """Re-score the next ``count`` sequences of the sweep in one forward-only pass."""

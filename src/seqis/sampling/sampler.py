@@ -229,7 +229,11 @@ class UniformBatchSampler(torch.utils.data.Sampler):
 
 
 class LengthBuckets:
-    """Sorts pools of ``pool`` batches by length and shuffles the batches cut from them."""
+    """Sorts pools of ``pool`` batches by length and shuffles the batches cut from them.
+
+    Each batch's sequences are shuffled too: a batch is a band of lengths, and whoever takes a
+    part of it (the switch's harvest sample, a rank's slice) must not always take its short end.
+    """
 
     def __init__(self, lengths: Tensor, batch_size: int, pool: int):
         self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
@@ -245,7 +249,8 @@ class LengthBuckets:
             short_count = len(pool) % self.batch_size
             short, pool = pool[:short_count], pool[short_count:]
             pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-            batches = list(pool.split(self.batch_size))
+            cut = pool.split(self.batch_size)
+            batches = [batch[torch.randperm(len(batch), generator=g)] for batch in cut]
             out += [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + [short]
         return torch.cat(out) if out else positions
 
@@ -253,11 +258,28 @@ class LengthBuckets:
         """Importance draws of several batches, sorted by length and cut into batches in a shuffled
         order, each position keeping its weight."""
         order = np.argsort(self.lengths[torch.from_numpy(positions)].numpy(), kind="stable")
-        k = len(positions) // self.batch_size
+        k, b = len(positions) // self.batch_size, self.batch_size
+        within = torch.argsort(torch.rand(k, b, generator=generator), dim=1).numpy()
+        order = np.take_along_axis(order.reshape(k, b), within, axis=1)  # each batch shuffled
         shuffled = torch.randperm(k, generator=generator).numpy()
-        pos = np.split(positions[order], k)
-        w = np.split(weights[order], k)
-        return [pos[i] for i in shuffled], [w[i] for i in shuffled]
+        return [positions[order[i]] for i in shuffled], [weights[order[i]] for i in shuffled]
+
+
+def padding(lengths: Tensor, batch_size: int, pool: int | None = None, seed: int = 0) -> float:
+    """Padded over real positions of an epoch's full batches of ``batch_size``, cut from a random
+    order (``pool=None``) or from pools of ``pool`` batches sorted by length (``--batching bucket``).
+
+    Example:
+        >>> random, bucketed = padding(data.lengths, 64), padding(data.lengths, 64, pool=50)
+    """
+    lengths = torch.as_tensor(lengths)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=g)
+    if pool is not None:
+        order = LengthBuckets(lengths, batch_size, pool).arrange(order, seed)
+    full = len(order) // batch_size * batch_size
+    batches = lengths[order[:full]].view(-1, batch_size).double()
+    return float(batches.max(dim=1).values.sum() * batch_size / batches.sum().clamp(min=1))
 
 
 def _exact_progress(state: dict) -> Fraction | None:
@@ -359,8 +381,12 @@ class ImportanceSampler(UniformBatchSampler):
         self._ahead.clear()
 
     def redraw(self) -> None:
-        """Drop the batches drawn ahead: the next ones follow the factors as they stand now."""
-        self._ahead.clear()
+        """Drop the batches drawn ahead: the next ones follow the factors as they stand now.
+
+        Length buckets finish their pool first: its batches partition one draw, and leaving the
+        rest of it untrained on a decision that the trained part informed would bias the run."""
+        if self._buckets is None:
+            self._ahead.clear()
 
     # -- factors ---------------------------------------------------------------------------
     def record(self, dataset_indices: Tensor, factors: Tensor, step: int | Tensor = 0) -> None:

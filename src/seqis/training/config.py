@@ -182,8 +182,9 @@ class TrainConfig:
         names its own.
         """
         sampler, _, how = name.partition("@")
-        batching, _, extra = how.partition("+")
+        batching, plus, extra = how.partition("+")
         check(extra in ("", "cost"), f"unknown sampler option +{extra} in {name!r}: +cost is the one")
+        check(not plus or batching, f"{name!r}: +cost follows a batching (fim@random+cost, fim@bucket+cost)")
         scheme, _, factor = sampler.partition(":")
         if not factor and scheme in SCHEMES:
             factor = self.mining.factor

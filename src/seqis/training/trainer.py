@@ -36,6 +36,7 @@ from seqis.models.rnn import ModelOutput, RecurrentModel
 from seqis.options import PLAN
 from seqis.options import name as option_name
 from seqis.plan import Plan
+from seqis.sampling.sampler import padding
 from seqis.training.checkpoint import (
     checkpoint_dir,
     load_checkpoint,
@@ -230,16 +231,23 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         ctx.close()
 
 
-def replayed_multiplier(run_dir: Path) -> LrReplay:
-    """The --lr-scale multiplier of the finished run in ``run_dir``, replayed from its decisions."""
+def replayed_multiplier(run_dir: Path, plan: Plan | None = None) -> LrReplay:
+    """The --lr-scale multiplier of the finished run in ``run_dir``, replayed from its decisions;
+    refused when that run planned other steps than ``plan`` (its multipliers would fall elsewhere)."""
+    flag = option_name(TrainConfig, "lr_replay")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        flag = option_name(TrainConfig, "lr_replay")
         raise ConfigError(f"{flag} {run_dir}: no finished run there (its summary.json)") from None
     source = TrainConfig.from_dict(summary["config"])
     world = summary.get("world_size", 1)
-    tail = source.plan(summary["data_stats"]["train"], world).tail_start(source.mining.anneal)
+    source_plan = source.plan(summary["data_stats"]["train"], world)
+    if plan is not None and source_plan.planned_steps != plan.planned_steps:
+        raise ConfigError(
+            f"{flag} {run_dir}: that run planned {source_plan.planned_steps} steps, this one plans "
+            f"{plan.planned_steps}: replay a run of the same plan, budget and number of processes"
+        )
+    tail = source_plan.tail_start(source.mining.anneal)
     tripped = (summary.get("validation_watch") or {}).get("tripped_at")
     ends = [end for end in (tail, tripped) if end is not None]
     mining = source.mining
@@ -262,7 +270,9 @@ class Run:
         self.train_eval_idx = train_eval_subset(self.data, config.train_eval_size)
         self.plan: Plan = config.plan(len(self.data.train_idx), ctx.world)
         self.schedule = Schedule.over(self.plan, config.schedule, config.warmup, config.lr_floor)
-        self.lr_replay = replayed_multiplier(Path(config.lr_replay)) if config.lr_replay else None
+        self.lr_replay = replayed_multiplier(Path(config.lr_replay), self.plan) if config.lr_replay else None
+        if self.miner is not None and self.plan.planned_steps:  # sweeps are priced by the rate ahead
+            self.miner.rate_at = self._rate_at
         self.metrics_rows: list[dict] = []
         self.resumed = False
         self.stop: _StopSignal | None = None
@@ -279,6 +289,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "miner": self.miner.state_dict() if self.miner else None,
+            "lr_replay": self.lr_replay.state_dict() if self.lr_replay else None,
             "metrics": self.metrics.rows,
             "torch_rng": self.ctx.gather_object(torch.get_rng_state()),
             "cuda_rng": self.ctx.gather_object(cuda),
@@ -316,6 +327,8 @@ class Run:
         self.sampler.load_state_dict(saved["sampler"])
         if self.miner is not None:
             self.miner.load_state_dict(saved["miner"])
+        if self.lr_replay is not None and saved.get("lr_replay"):
+            self.lr_replay.load_state_dict(saved["lr_replay"])
         self.state.load_state_dict(saved["run"])
         self.metrics_rows = saved["metrics"]
         torch.set_rng_state(saved["torch_rng"][rank])
@@ -364,6 +377,7 @@ class Run:
             tick = time.perf_counter()
             self.log_eval()
             self._say_what_the_budget_leaves_out(time.perf_counter() - tick)
+            self._say_what_padding_costs()
         bar = tqdm(
             total=cfg.planned_steps,
             initial=self.state.step,
@@ -390,6 +404,24 @@ class Run:
             "(--val-size and --train-eval-size shorten it)",
             file=sys.stderr,
         )
+
+    def _say_what_padding_costs(self) -> None:
+        """Random batches of variable-length sequences pay for their padding: say so once, with
+        what ``--batching bucket`` would pay instead (the default stays random: docs/method.md)."""
+        cfg = self.config
+        if cfg.mining.batching != "random" or cfg.model.pack or not (cfg.progress and self.ctx.is_main):
+            return
+        lengths = self.data.lengths[self.data.train_idx]
+        if int(lengths.min()) == int(lengths.max()):
+            return
+        random = padding(lengths, cfg.batch_size, seed=cfg.seed)
+        bucket = padding(lengths, cfg.batch_size, cfg.mining.bucket_pool, seed=cfg.seed)
+        if random >= 1.2 * bucket:
+            print(
+                f"random batches of {cfg.batch_size} carry {random:.2f} padded positions per real one here "
+                f"(length-sorted pools: {bucket:.2f}); --batching bucket makes a step cheaper",
+                file=sys.stderr,
+            )
 
     def loop(self, bar: tqdm) -> str:
         """Steps, validations and checkpoints; returns what stopped the run."""
@@ -421,6 +453,10 @@ class Run:
         """How much of the plan (steps or epochs) is done; 0 without a plan."""
         return self.plan.progress(self.state.step, self.sampler.epochs_done)
 
+    def _rate_at(self, step: int) -> float:
+        """The schedule's share of the peak rate at ``step`` (an epoch plan read in steps)."""
+        return self.schedule.factor(min(1.0, step / self.plan.planned_steps))
+
     def learning_rate(self) -> float:
         """The learning rate of the next step: the schedule's share of the peak, times --lr-scale's
         (or the multiplier of the run --lr-replay names)."""
@@ -439,7 +475,8 @@ class Run:
         index, weights = self.sampler.draw()  # the global batch; this rank trains on its slice
         index, weights = self.ctx.shard(index), self.ctx.shard(weights)
         batch = self.data.batch(index)
-        self.state.count_positions(int(batch.lengths.sum()), batch.mask.numel())
+        real = int(batch.lengths.sum())  # packed (--pack), the RNN runs over the real positions only
+        self.state.count_positions(real, real if self.config.model.pack else batch.mask.numel())
         batch = batch.to(self.device)
         output = self.net(batch)
         loss = (weights.to(self.device) * output.loss).mean()
