@@ -91,7 +91,7 @@ def measure(run: Run, step: int, sample: torch.Tensor, alpha: float) -> dict:
     mean_sq, mean = (grads**2).sum(1).mean(), grads.mean(0)
     g2 = mean @ mean - (mean_sq - mean @ mean) / (len(grads) - 1)
     row["noise_scale"] = float((mean_sq - g2) / g2) if g2 > 0 else None
-    # what --sweep-cost prices: a sequence scored at --sweep-batch over a trained one, this run's clock
+    # what MiningConfig.sweep_cost prices: a sequence scored at --sweep-batch over a trained one
     mined = run.miner.mining_time_s if run.miner is not None else 0.0
     trained = (run.state.clock - mined) / (step * run.config.batch_size) if step else None
     row["sweep_cost"] = scoring_per_sequence / trained if trained else None

@@ -20,6 +20,7 @@ from seqis.sampling.sampler import (
     PruningSampler,
     RandomSubsetSampler,
     UniformBatchSampler,
+    padding,
 )
 from seqis.sampling.sumtree import SumTree
 
@@ -544,6 +545,14 @@ def test_bucketed_epochs_are_permutations_whose_batches_pad_little_also_across_e
     assert sorted(seen[n : 2 * n].tolist()) == list(range(n))
     bucketed_ratio = _padding(bucketed, lengths, 3 * n // b)  # epochs 4-6, each beginning mid-batch
     assert bucketed_ratio < 1.25 < 1.6 < _padding(random, lengths, 3 * n // b)
+
+
+def test_padding_names_what_each_batching_costs_and_one_when_no_batch_is_full():
+    lengths = torch.randint(1, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    random, bucketed = padding(lengths, 64), padding(lengths, 64, pool=10)
+    assert bucketed < 1.25 < 1.6 < random  # as the samplers' own draws pad, above
+    assert padding(torch.tensor([3, 9]), 64) == padding(torch.tensor([3, 9]), 64, pool=10) == 1.0
+    assert padding(torch.full((128,), 7), 64) == 1.0  # fixed length: no padding
 
 
 def test_bucketed_importance_draws_keep_their_weights_and_stay_unbiased():

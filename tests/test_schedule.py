@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -155,15 +156,16 @@ def test_uniform_replays_the_learning_rate_a_scaled_sampler_had(tmp_path):
     # another plan would put the multipliers on other steps: refused
     other_plan = [*TINY, "--steps", "300", "--eval-every", "10", "--schedule", "cosine", "--lr", "0.01"]
     assert main(["train", *other_plan, *replaying, "--out", str(tmp_path / "other")]) == 2
-    # a checkpoint keeps the replayed multipliers: the source folder may change under a resume
-    from seqis.importance.lr_scale import LrReplay
-    from seqis.training.checkpoint import load_latest
-    from seqis.training.trainer import replayed_multiplier
-
-    saved = load_latest(replay)[0]
-    copy = LrReplay("linear", 2.0, [])
-    copy.load_state_dict(saved["lr_replay"])
-    assert copy.changes == replayed_multiplier(fim).changes and len(copy.changes) > 2
+    # and so would another peak rate: the control replays the very same one
+    other_rate = [*TINY, "--steps", "200", "--eval-every", "10", "--schedule", "cosine", "--lr", "0.02"]
+    assert main(["train", *other_rate, *replaying, "--out", str(tmp_path / "other-rate")]) == 2
+    # a resume replays from its checkpoint: the source folder may have changed or gone since
+    split = tmp_path / "split"
+    segment = ["--stop-at", "100", "--checkpoint-every", "50", "--out", str(split)]
+    assert main(["train", *common, *replaying, *segment]) == 0
+    shutil.rmtree(fim)
+    assert main(["train", *common, *replaying, "--out", str(split), "--resume"]) == 0
+    assert _lrs(split) == pytest.approx(replayed, rel=1e-9)
 
 
 def _lrs_of_plain(tmp_path, common):

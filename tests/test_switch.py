@@ -479,7 +479,7 @@ def test_the_sweep_cadence_follows_how_fast_factors_decorrelate():
     assert len(costly.sweeps.history) == 1  # a re-sweep must pay for itself too: at 0.3, B ~ 80, it does not
 
 
-def test_a_sweep_is_priced_by_the_rate_left_to_use_it_and_never_without_a_noise_scale():
+def test_a_sweep_is_priced_by_the_rate_left_to_use_it_and_never_while_b_is_unread():
     """fashion-mnist-budget-sweep swept 60,000 rows 75 steps before the end, where B read None and
     the price fell back to min_gain; and a cut bought under a decayed rate buys little."""
     flat, _, _ = _sweeping(steps=700, switch_sample=64, switch_every=1, sweep_cost=0.05)
@@ -487,10 +487,28 @@ def test_a_sweep_is_priced_by_the_rate_left_to_use_it_and_never_without_a_noise_
         steps=700, switch_sample=64, switch_every=1, sweep_cost=0.05, rate_at=lambda t: max(0.0, 1 - t / 450)
     )
     assert 1 <= len(decayed.sweeps.history) < len(flat.sweeps.history)
-    assert decayed.rate_weighted_horizon(350) < flat.rate_weighted_horizon(350)
-    unread, _, _ = _sweeping(steps=1, switch_sample=64, switch_every=1)
-    unread._maybe_sweep(60, None)
-    assert unread.sweeps.last is None
+    weighted = decayed.rate_weighted_horizon(350)
+    decayed.rate_at = None  # the same steps ahead, each counted in full
+    assert 1 <= weighted < decayed.rate_weighted_horizon(350) <= decayed.sweeps.every
+    first = _sweeping(switch_sample=64, switch_every=1)[0].sweeps.history[0]["step"]
+    before, _, _ = _sweeping(steps=first - 1, switch_sample=64, switch_every=1)  # the gain is known
+    before.flush()
+    before._maybe_sweep(first - 1, None)
+    assert before.sweeps.last is None  # B unread: nothing to price by
+    before._maybe_sweep(first - 1, 300.0)
+    assert before.sweeps.last == first  # the same moment with B read does sweep
+
+
+def test_factors_without_a_noise_scale_sweep_where_the_cut_itself_pays_for_it():
+    # loss factors have no B: the cut bounds the step gain, and a sweep must still beat its price
+    miner, sampler, coverage = _sweeping(factor="loss", switch_sample=64, switch_every=1)
+    assert miner.noise is None and miner.sweeps.history and max(coverage) == 1.0
+    kwargs = {"factor": "loss", "steps": 700, "switch_sample": 64, "switch_every": 1, "sweep_cost": 0.05}
+    flat, _, _ = _sweeping(**kwargs)
+    decayed, _, _ = _sweeping(rate_at=lambda t: max(0.0, 1 - t / 450), **kwargs)
+    assert len(flat.sweeps.history) > 1  # cheap re-sweeps pay at a kept rate
+    assert all(h["step"] < 450 for h in decayed.sweeps.history)  # none once the rate is spent
+    assert len(decayed.sweeps.history) < len(flat.sweeps.history)
 
 
 def test_no_sweep_where_fresh_factors_cannot_pay_or_no_store_is_drawn_from():

@@ -150,7 +150,7 @@ def length_lever(config: TrainConfig, lengths: torch.Tensor) -> dict[str, float]
 
 
 def _length_advice(config: TrainConfig, lever: dict[str, float]) -> str:
-    """The other lever, where random batches pay for much padding (not a default: see README)."""
+    """The other lever, where random batches pay for much padding (not a default: docs/method.md says why)."""
     random, bucket = lever["random"], lever["bucket"]
     if config.mining.batching != "random" or config.model.pack or random < 1.2 * bucket:
         return ""

@@ -48,7 +48,7 @@ class MiningConfig:
     sweep: bool = option(
         False,
         "importance: score every sequence fresh (forward-only, --sweep-batch at a time) once fresh "
-        "factors promise a cut that pays for it, and again as they age",
+        "factors promise a cut that pays for it over the rate left to use it, and again as they age",
     )
     sweep_batch: int = option(256, "sweep: sequences scored in one forward-only pass")
     # Measured on Fashion-MNIST's GRU 1x128, one CPU thread: a sequence scored at batch 256 costs

@@ -81,9 +81,16 @@ class LrReplay:
         return {"changes": [list(change) for change in self.changes], "uniform_from": self.uniform_from}
 
     def load_state_dict(self, state: dict) -> None:
-        """A checkpoint's copy wins over the source folder, which may have changed since."""
         self.changes = [(int(first), float(value)) for first, value in state["changes"]]
         self.uniform_from = state["uniform_from"]
+
+    @classmethod
+    def from_state(cls, state: dict) -> LrReplay:
+        """The replay a checkpoint holds: a resumed run needs no source folder, which may have
+        changed or gone since."""
+        replay = cls("none", 1.0, [])
+        replay.load_state_dict(state)
+        return replay
 
     def at(self, step: int) -> float:
         """The multiplier of training step ``step`` (0-based): the last decision made before it."""

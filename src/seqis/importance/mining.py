@@ -497,26 +497,34 @@ class Miner:
         sweeps = self.sweeps
         if sweeps is None or (sweeps.last is not None and not (self.sampler.active and sweeps.due(step + 1))):
             return
-        if noise_scale is None:  # no step gain to price a sweep by (B unread: early, or |G| ~ 0)
+        if self.noise is not None and noise_scale is None:  # B unread yet (early, or |G| ~ 0)
             return
         sample = self._harvest_sample()
         fresh = estimated_gain(sample.factors, self.config.smoothing, sample.costs, sample.weights)
+        gain = store_gain(fresh, 1.0, self.switch.quality)
         horizon = self.rate_weighted_horizon(step)  # a sweep must pay within what is left
         cost = self._base_cost + sweeps.share(horizon)
-        if self.switch.pays(store_gain(fresh, 1.0, self.switch.quality), noise_scale, cost):
+        if self.noise is None:  # factors without a B (loss, gradnorm): the switch's min_gain, and the
+            pays = self.switch.pays(gain, None) and gain >= 1.0 + cost  # cut itself bounds the step gain
+        else:
+            pays = self.switch.pays(gain, noise_scale, cost)
+        if pays:
             self.sweep(step, horizon)
 
     def rate_weighted_horizon(self, step: int) -> int | None:
-        """The steps left (before ``--anneal``'s tail), each counted at its learning rate over the
-        rate now: a cut is worth what the rate lets it buy, so a decayed tail repays little.
-        Without ``rate_at`` (the trainer's schedule), each step counts in full."""
+        """The steps a sweep now has to repay itself: those left (before ``--anneal``'s tail) up
+        to the next sweep, each counted at its learning rate over the rate now, since a cut is
+        worth what the rate lets it buy and a decayed tail repays little. Without ``rate_at``
+        (the trainer's schedule: the own loop and Lightning have none) each step counts in full."""
         horizon = self.plan.horizon(step, self.uniform_from)
-        if self.rate_at is None or horizon is None:
-            return horizon
+        if horizon is None:
+            return None
+        ahead = range(step + 1, step + 1 + min(horizon, self.sweeps.every if self.sweeps else horizon))
+        if self.rate_at is None:
+            return max(1, len(ahead))
         now = self.rate_at(step)
         if now <= 0:
             return 1
-        ahead = range(step + 1, step + 1 + min(horizon, self.sweeps.every if self.sweeps else horizon))
         return max(1, round(sum(self.rate_at(t) for t in ahead) / now))
 
     def sweep(self, step: int, horizon: int | None = None) -> None:

@@ -267,7 +267,8 @@ class LengthBuckets:
 
 def padding(lengths: Tensor, batch_size: int, pool: int | None = None, seed: int = 0) -> float:
     """Padded over real positions of an epoch's full batches of ``batch_size``, cut from a random
-    order (``pool=None``) or from pools of ``pool`` batches sorted by length (``--batching bucket``).
+    order (``pool=None``) or from pools of ``pool`` batches sorted by length (``--batching bucket``);
+    1.0 when there is no full batch to measure.
 
     Example:
         >>> random, bucketed = padding(data.lengths, 64), padding(data.lengths, 64, pool=50)
@@ -278,6 +279,8 @@ def padding(lengths: Tensor, batch_size: int, pool: int | None = None, seed: int
     if pool is not None:
         order = LengthBuckets(lengths, batch_size, pool).arrange(order, seed)
     full = len(order) // batch_size * batch_size
+    if full == 0:
+        return 1.0
     batches = lengths[order[:full]].view(-1, batch_size).double()
     return float(batches.max(dim=1).values.sum() * batch_size / batches.sum().clamp(min=1))
 

@@ -73,7 +73,8 @@ class TrainConfig:
     lr_replay: str | None = option(
         None,
         "a finished run's folder: train with the --lr-scale multiplier its switch set, decision by "
-        "decision (the schedule-shape control: the sampler's learning rate without its draws)",
+        "decision (the schedule-shape control: the sampler's learning rate without its draws); "
+        "it must have the same plan and peak --lr",
         commands=SINGLE_RUN,
     )
     label: str | None = option(None, "the run's name in a race, when not its sampler's", cli=False)

@@ -33,7 +33,7 @@ class RunState:
     padded_positions: int = 0  # the same with the padding their batches carried
 
     def count_positions(self, real: int, padded: int) -> None:
-        """A batch's real and padded positions (its sequences' lengths, batch x longest)."""
+        """A batch's real positions and those it paid for (batch x longest; packed: the real ones)."""
         self.real_positions += real
         self.padded_positions += padded
 

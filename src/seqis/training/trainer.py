@@ -231,9 +231,10 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         ctx.close()
 
 
-def replayed_multiplier(run_dir: Path, plan: Plan | None = None) -> LrReplay:
+def replayed_multiplier(run_dir: Path, plan: Plan | None = None, lr: float | None = None) -> LrReplay:
     """The --lr-scale multiplier of the finished run in ``run_dir``, replayed from its decisions;
-    refused when that run planned other steps than ``plan`` (its multipliers would fall elsewhere)."""
+    refused when that run planned other steps than ``plan`` (its multipliers would fall elsewhere)
+    or peaked at another learning rate than ``lr`` (the control replays the very same rate)."""
     flag = option_name(TrainConfig, "lr_replay")
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -246,6 +247,11 @@ def replayed_multiplier(run_dir: Path, plan: Plan | None = None) -> LrReplay:
         raise ConfigError(
             f"{flag} {run_dir}: that run planned {source_plan.planned_steps} steps, this one plans "
             f"{plan.planned_steps}: replay a run of the same plan, budget and number of processes"
+        )
+    if lr is not None and source.lr != lr:
+        raise ConfigError(
+            f"{flag} {run_dir}: that run peaked at learning rate {source.lr:g}, this one at {lr:g}: "
+            "the control replays the same rate"
         )
     tail = source_plan.tail_start(source.mining.anneal)
     tripped = (summary.get("validation_watch") or {}).get("tripped_at")
@@ -270,7 +276,7 @@ class Run:
         self.train_eval_idx = train_eval_subset(self.data, config.train_eval_size)
         self.plan: Plan = config.plan(len(self.data.train_idx), ctx.world)
         self.schedule = Schedule.over(self.plan, config.schedule, config.warmup, config.lr_floor)
-        self.lr_replay = replayed_multiplier(Path(config.lr_replay), self.plan) if config.lr_replay else None
+        self.lr_replay: LrReplay | None = None  # --lr-replay: from a checkpoint, else read as training starts
         if self.miner is not None and self.plan.planned_steps:  # sweeps are priced by the rate ahead
             self.miner.rate_at = self._rate_at
         self.metrics_rows: list[dict] = []
@@ -327,8 +333,8 @@ class Run:
         self.sampler.load_state_dict(saved["sampler"])
         if self.miner is not None:
             self.miner.load_state_dict(saved["miner"])
-        if self.lr_replay is not None and saved.get("lr_replay"):
-            self.lr_replay.load_state_dict(saved["lr_replay"])
+        if self.config.lr_replay and saved.get("lr_replay"):
+            self.lr_replay = LrReplay.from_state(saved["lr_replay"])
         self.state.load_state_dict(saved["run"])
         self.metrics_rows = saved["metrics"]
         torch.set_rng_state(saved["torch_rng"][rank])
@@ -368,6 +374,8 @@ class Run:
     def train(self) -> dict:
         """Train until the steps, the time budget, the target loss or a signal stop it."""
         cfg, ctx = self.config, self.ctx
+        if cfg.lr_replay and self.lr_replay is None:  # a fresh run (or a checkpoint from before replays)
+            self.lr_replay = replayed_multiplier(Path(cfg.lr_replay), self.plan, cfg.lr)
         if ctx.is_main:  # only now: a refused resume leaves the saved run's files as they were
             # A summary from an earlier segment must not look like this run's result if it fails.
             (self.out / "summary.json").unlink(missing_ok=True)
