@@ -250,6 +250,7 @@ def test_results_driver_runs_skips_current_races_and_writes_tables(tmp_path, mon
         "--data digits:rows --samplers uniform,fim --seeds 1 --steps 20 --eval-every 10 --hidden 8 --layers 1"
     )
     monkeypatch.setattr(results, "EXPERIMENTS", {"tiny": tiny})
+    monkeypatch.setattr(results, "README_RACES", ("tiny",))
     (tmp_path / "README.md").write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n")
     results.main(["--only", "tiny"])
     race = tmp_path / "docs" / "results" / "tiny"
@@ -282,6 +283,7 @@ def test_committed_results_tables_are_what_the_script_writes():
     )
     lead = results.budget_summary("docs/results/", compact=True)
     assert lead and readme.index(lead) < readme.index(results.POINTER)
+    assert set(results.README_RACES) <= set(results.EXPERIMENTS)  # a renamed race drops no README row
     page_lead, constant = results.budget_summary(), results.summarize()
     assert page.index(page_lead) < page.index(constant) < page.index(results.prediction_check())
 
