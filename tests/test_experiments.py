@@ -510,7 +510,8 @@ def test_sampler_specs_and_replays_that_would_mislead_are_refused():
 
 def test_diagnose_and_train_name_the_length_lever_where_random_batches_pad(tmp_path, ts_file, capsys):
     """Issue 27: the padding a random batch pays for is a cost no scheme touches; say what buckets save."""
-    from seqis.experiments.diagnose import _length_advice, length_lever
+    from seqis.experiments.diagnose import _length_advice
+    from seqis.training.trainer import length_lever
 
     config = TrainConfig(data="toy", batch_size=8)
     lever = length_lever(config, torch.tensor([2, 40] * 50))

@@ -29,9 +29,8 @@ from seqis.experiments.plots import plot_histogram, plot_switch
 from seqis.importance.factors import FACTORS
 from seqis.importance.switch import HarvestSample, Judgement, StoreState, as_records, ceiling, estimated_gain
 from seqis.options import name
-from seqis.sampling.sampler import padding
 from seqis.training.config import TrainConfig
-from seqis.training.trainer import Run, evaluate
+from seqis.training.trainer import Run, buckets_could_help, buckets_pay, evaluate, length_lever
 
 BRIEF_STEPS = 300  # what diagnose trains, and plans when the command plans nothing
 
@@ -141,19 +140,11 @@ def verdict(config: TrainConfig, j: Judgement, factors: np.ndarray) -> str:
     )
 
 
-def length_lever(config: TrainConfig, lengths: torch.Tensor) -> dict[str, float]:
-    """Padded over real positions of this run's batches cut randomly and cut from sorted pools."""
-    return {
-        "random": padding(lengths, config.batch_size, seed=config.seed),
-        "bucket": padding(lengths, config.batch_size, config.mining.bucket_pool, seed=config.seed),
-    }
-
-
 def _length_advice(config: TrainConfig, lever: dict[str, float]) -> str:
     """The other lever, where random batches pay for much padding (not a default: docs/method.md says why)."""
-    random, bucket = lever["random"], lever["bucket"]
-    if config.mining.batching != "random" or config.model.pack or random < 1.2 * bucket:
+    if not (buckets_could_help(config) and buckets_pay(lever)):
         return ""
+    random, bucket = lever["random"], lever["bucket"]
     return (
         f" Random batches of {config.batch_size} carry {random:.2f} padded positions per real one here, "
         f"length-sorted pools {bucket:.2f}: {name(config.mining, 'batching')} bucket would make a step "

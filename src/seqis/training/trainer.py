@@ -231,6 +231,31 @@ def train(config: TrainConfig, data: SequenceData | None = None, resume: bool = 
         ctx.close()
 
 
+# Random batches padding this much over what length-sorted pools would: train and diagnose name
+# --batching bucket (not a default: docs/method.md says why).
+BUCKETS_PAY_AT = 1.2
+
+
+def length_lever(config: TrainConfig, lengths: Tensor) -> dict[str, float]:
+    """Padded over real positions of this run's batches cut at random and cut from length-sorted
+    pools (:func:`~seqis.sampling.sampler.padding`); both 1 for sequences of one length."""
+    if int(lengths.min()) == int(lengths.max()):
+        return {"random": 1.0, "bucket": 1.0}
+    return {
+        "random": padding(lengths, config.batch_size, seed=config.seed),
+        "bucket": padding(lengths, config.batch_size, config.mining.bucket_pool, seed=config.seed),
+    }
+
+
+def buckets_could_help(config: TrainConfig) -> bool:
+    """Random, unpacked batches: the only ones ``--batching bucket`` could make cheaper."""
+    return config.mining.batching == "random" and not config.model.pack
+
+
+def buckets_pay(lever: dict[str, float]) -> bool:
+    return lever["random"] >= BUCKETS_PAY_AT * lever["bucket"]
+
+
 def replayed_multiplier(run_dir: Path, plan: Plan | None = None, lr: float | None = None) -> LrReplay:
     """The --lr-scale multiplier of the finished run in ``run_dir``, replayed from its decisions;
     refused when that run planned other steps than ``plan`` (its multipliers would fall elsewhere)
@@ -417,17 +442,14 @@ class Run:
         """Random batches of variable-length sequences pay for their padding: say so once, with
         what ``--batching bucket`` would pay instead (the default stays random: docs/method.md)."""
         cfg = self.config
-        if cfg.mining.batching != "random" or cfg.model.pack or not (cfg.progress and self.ctx.is_main):
-            return
-        lengths = self.data.lengths[self.data.train_idx]
-        if int(lengths.min()) == int(lengths.max()):
-            return
-        random = padding(lengths, cfg.batch_size, seed=cfg.seed)
-        bucket = padding(lengths, cfg.batch_size, cfg.mining.bucket_pool, seed=cfg.seed)
-        if random >= 1.2 * bucket:
+        if not (buckets_could_help(cfg) and cfg.progress and self.ctx.is_main):
+            return  # nothing to say: spare the start the padding's measurement
+        lever = length_lever(cfg, self.data.lengths[self.data.train_idx])
+        if buckets_pay(lever):
             print(
-                f"random batches of {cfg.batch_size} carry {random:.2f} padded positions per real one here "
-                f"(length-sorted pools: {bucket:.2f}); --batching bucket makes a step cheaper",
+                f"random batches of {cfg.batch_size} carry {lever['random']:.2f} padded positions per real "
+                f"one here (length-sorted pools: {lever['bucket']:.2f}); --batching bucket makes a step "
+                "cheaper",
                 file=sys.stderr,
             )
 
